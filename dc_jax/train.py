@@ -1,0 +1,181 @@
+"""Dense training: TrainState, jitted train/eval steps, optimizers from config, resumable loop.
+
+The loop is shared by every stage that retrains (baseline, pruning, sharing):
+it takes an optax transformation and a checkpoint folder, and resumes from the
+latest checkpoint there. Batches depend only on (seed, epoch), so a resumed run
+replays exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from tqdm import tqdm
+
+from dc_jax import data
+from dc_jax.errors import ConfigError
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm statistics ({} for nets without BatchNorm)."""
+
+  batch_stats: Any
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or Inf; the last checkpoint on disk is the last good state."""
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """The `train.lr_schedule` named in the config, over `epochs * steps_per_epoch` steps."""
+  if config.lr_schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  if config.lr_schedule == "step":
+    boundaries = {int(epoch) * steps_per_epoch: config.lr_decay_factor for epoch in config.lr_decay_epochs}
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  if config.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch))
+  raise ConfigError(f"train.lr_schedule={config.lr_schedule!r} is not a schedule; valid: constant, step, cosine")
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with momentum or Adam, with L2 weight decay added to the gradients first (as PyTorch does)."""
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  if config.optimizer == "sgd":
+    optimizer = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+  elif config.optimizer == "adam":
+    optimizer = optax.adam(schedule)
+  else:
+    raise ConfigError(f"train.optimizer={config.optimizer!r} is not an optimizer; valid: sgd, adam")
+  if config.weight_decay:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
+  return optimizer
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, image_shape: tuple[int, ...],
+                       tx: optax.GradientTransformation) -> TrainState:
+  variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+def count_params(params: Any) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@jax.jit
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
+               dropout_key: jax.Array) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One SGD step; the dropout key is folded with the step so that resumed runs repeat it."""
+  key = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": key})
+    return _cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+  """Sums (not means) over the real rows of a padded batch, to be added up over the test set."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+  mask = batch["mask"]
+  correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+  loss = jnp.where(mask, _cross_entropy(logits, batch["label"]), 0.0)
+  return {"correct": correct.sum(), "loss": loss.sum(), "count": mask.sum()}
+
+
+def evaluate(state: TrainState, dataset: data.Dataset, batch_size: int,
+             max_batches: int = -1) -> dict[str, float]:
+  """Test accuracy and mean loss, over the whole test set unless `max_batches` limits it."""
+  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+  for batch in data.eval_batches(dataset, batch_size, max_batches):
+    sums = jax.device_get(eval_step(state, batch))
+    totals = {k: totals[k] + float(sums[k]) for k in totals}
+  count = totals["count"]
+  return {"accuracy": totals["correct"] / count, "loss": totals["loss"] / count,
+          "examples": int(count)}
+
+
+def checkpoint_manager(directory: Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
+  """The latest checkpoint in `manager` restored into `state`'s structure, or `state` if none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+  with path.open("a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> int:
+  full = data.steps_per_epoch(dataset, config.batch_size)
+  return full if config.steps_per_epoch < 0 else min(full, config.steps_per_epoch)
+
+
+def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
+        checkpoint_dir: Path, metrics_path: Path, augment: bool,
+        step_fn: Callable = train_step) -> TrainState:
+  """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
+
+  Evaluates and checkpoints at the end of epochs; logs train and test metrics
+  as JSON lines. Returns the final state (restored, if training had finished).
+  """
+  steps = steps_in_epoch(dataset, config)
+  manager = checkpoint_manager(checkpoint_dir)
+  state = restore_latest(manager, state)
+  dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
+  first_epoch = int(state.step) // steps
+  try:
+    for epoch in range(first_epoch, config.epochs):
+      batches = data.train_batches(dataset, config.batch_size, seed, epoch, augment)
+      progress = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
+      for i, batch in zip(progress, batches):
+        state, metrics = step_fn(state, batch, dropout_key)
+        if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          if not math.isfinite(metrics["loss"]):
+            raise TrainingDiverged(f"loss is {metrics['loss']} at step {int(state.step)} (epoch {epoch + 1}); "
+                                   f"the last good checkpoint is in {checkpoint_dir}")
+          progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}")
+          append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "train", **metrics})
+      test = evaluate(state, dataset, config.eval_batch_size, config.eval_batches)
+      append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "test", **test})
+      print(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['loss']:.4f}, "
+            f"test accuracy {test['accuracy']:.4f}", flush=True)
+      if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs:
+        manager.save(int(state.step), args=ocp.args.StandardSave(state))
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  return state

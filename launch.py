@@ -1,0 +1,43 @@
+"""Runs a dc_jax experiment.
+
+  python launch.py --config configs/vgg19_k13.py [--workdir DIR] [--config.FIELD=VALUE ...]
+"""
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dc_jax import pipeline
+from dc_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results; default: runs/<config name>.")
+flags.mark_flags_as_required(["config"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a misspelt --config.FIELD ends in one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    reason = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    sys.exit(f"error: not a config field: {reason}")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO; --verbosity=0 shows it.
+  workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
+  try:
+    results = pipeline.run(_CONFIG.value, workdir)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  print(f"results in {Path(workdir) / pipeline.RESULTS_FILE}: {results['stages']}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,163 @@
+"""Loading (local .npz, IDX folders, TFDS), checks on bad data, batching and augmentation."""
+
+import gzip
+import time
+
+import chex
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from ml_collections import ConfigDict
+
+from configs import base
+from dc_jax import data
+from dc_jax.errors import DataError
+from tests.conftest import synthetic_dataset
+
+
+def _data_config(**overrides) -> ConfigDict:
+  config = base.get_config().data
+  config.update(overrides)
+  return config
+
+
+def test_npz_path_reads_the_real_mnist(shared_data_dir, monkeypatch):
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(shared_data_dir))
+  dataset = data.load(_data_config(name="mnist"))
+  chex.assert_shape(dataset.train_images, (60000, 28, 28, 1))
+  chex.assert_shape(dataset.test_labels, (10000,))
+  assert dataset.train_images.dtype == np.uint8
+  assert set(np.unique(dataset.test_labels)) == set(range(10))
+  # MNIST's well-known statistics: mean 0.1307, std 0.3081.
+  np.testing.assert_allclose(dataset.mean, [0.1307], atol=1e-4)
+  np.testing.assert_allclose(dataset.std, [0.3081], atol=1e-4)
+
+
+def test_config_path_reads_the_real_cifar10_and_overrides_the_env(shared_data_dir, monkeypatch, tmp_path):
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # Holds nothing: data.path must win.
+  dataset = data.load(_data_config(name="cifar10", path=str(shared_data_dir / "cifar10.npz")))
+  chex.assert_shape(dataset.train_images, (50000, 32, 32, 3))
+  np.testing.assert_allclose(dataset.mean, [0.4914, 0.4822, 0.4465], atol=1e-4)
+  np.testing.assert_allclose(dataset.std, [0.2470, 0.2435, 0.2616], atol=1e-4)
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_folder_reads_like_debians_fashion_mnist(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (12, 28, 28)),
+            "train-labels-idx1-ubyte": rng.integers(0, 10, 12),
+            "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28)),
+            "t10k-labels-idx1-ubyte": rng.integers(0, 10, 5)}
+  for stem, array in arrays.items():
+    _write_idx(tmp_path / f"{stem}.gz", array)
+  dataset = data.load(_data_config(name="fashion_mnist", path=str(tmp_path)))
+  np.testing.assert_array_equal(dataset.train_images[..., 0], arrays["train-images-idx3-ubyte"])
+  np.testing.assert_array_equal(dataset.test_labels, arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_tfds_path_under_mock_data(monkeypatch):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setattr(data, "_reachable", lambda *_: True)  # mock_data replaces the download.
+  with tfds.testing.mock_data(num_examples=24):
+    dataset = data.load(_data_config(name="mnist"))
+  chex.assert_shape(dataset.train_images, (24, 28, 28, 1))
+  chex.assert_shape(dataset.test_images, (24, 28, 28, 1))
+  assert dataset.train_labels.dtype == np.int32
+  assert dataset.train_labels.max() < 10
+
+
+def test_offline_tfds_fails_within_seconds_saying_how_to_provide_data(monkeypatch, tmp_path):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setattr(data, "TFDS_HOST", ("127.0.0.1", 9))  # A closed local port: as offline.
+  start = time.monotonic()
+  with pytest.raises(DataError, match="DC_JAX_DATA_DIR"):
+    data.load(_data_config(name="mnist", tfds_dir=str(tmp_path)))
+  assert time.monotonic() - start < 10
+
+
+def test_missing_path_is_a_data_error():
+  with pytest.raises(DataError, match="does-not-exist.npz"):
+    data.load(_data_config(path="/does-not-exist.npz"))
+
+
+def test_unknown_dataset_is_a_data_error():
+  with pytest.raises(DataError, match="data.name='svhn'"):
+    data.load(_data_config(name="svhn"))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_train": np.zeros((2, 28, 28), np.uint8)}, "lacks arrays"),
+    ({"x_train": np.zeros((2, 28, 28), np.float32), "y_train": np.zeros(2, np.uint8),
+      "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, "needs uint8 images"),
+    ({"x_train": np.zeros((2, 32, 32, 3), np.uint8), "y_train": np.zeros(2, np.uint8),
+      "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, "shape"),
+    ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.array([0, 10]),
+      "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, r"labels in \[0, 10\)"),
+    ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(3, np.uint8),
+      "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, "3 labels"),
+])
+def test_malformed_npz_is_a_data_error_naming_the_problem(tmp_path, arrays, message):
+  path = tmp_path / "bad.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(DataError, match=message):
+    data.load(_data_config(name="mnist", path=str(path)))
+
+
+def test_a_file_that_is_not_npz_is_a_data_error(tmp_path):
+  path = tmp_path / "mnist.npz"
+  path.write_bytes(b"not a zip archive")
+  with pytest.raises(DataError, match="not a readable .npz"):
+    data.load(_data_config(name="mnist", path=str(path)))
+
+
+def test_augmentation_is_deterministic_for_a_seed_and_keeps_shapes():
+  images = synthetic_dataset("cifar10", n_train=32).train_images
+  first = data.augment(images, np.random.default_rng(7))
+  again = data.augment(images, np.random.default_rng(7))
+  other = data.augment(images, np.random.default_rng(8))
+  chex.assert_shape(first, images.shape)
+  assert first.dtype == np.uint8
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def test_augmentation_is_a_crop_of_the_padded_image_maybe_flipped():
+  images = np.random.default_rng(0).integers(1, 256, (6, 8, 8, 3)).astype(np.uint8)
+  out = data.augment(images, np.random.default_rng(3), pad=2)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for image, result in zip(padded, out):
+    candidates = [crop[:, ::-1] if flip else crop
+                  for top in range(5) for left in range(5) for flip in (False, True)
+                  for crop in [image[top:top + 8, left:left + 8]]]
+    assert any(np.array_equal(result, c) for c in candidates)
+
+
+def test_train_batches_depend_only_on_seed_and_epoch():
+  dataset = synthetic_dataset("cifar10", n_train=64)
+  run = lambda seed, epoch: [b["label"] for b in data.train_batches(dataset, 16, seed, epoch, True)]
+  assert len(run(0, 0)) == 4
+  np.testing.assert_array_equal(np.concatenate(run(0, 3)), np.concatenate(run(0, 3)))
+  assert not np.array_equal(np.concatenate(run(0, 3)), np.concatenate(run(0, 4)))
+  # Each epoch visits every example once.
+  assert sorted(np.concatenate(run(1, 0)).tolist()) == sorted(dataset.train_labels.tolist())
+
+
+def test_normalised_batches_have_zero_mean_and_unit_variance_per_channel():
+  dataset = synthetic_dataset("cifar10", n_train=64)
+  batch = next(data.train_batches(dataset, 64, seed=0, epoch=0, augment_images=False))
+  np.testing.assert_allclose(batch["image"].mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(batch["image"].std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+
+
+def test_eval_batches_pad_the_last_batch_and_mask_the_padding():
+  dataset = synthetic_dataset("mnist", n_test=25)
+  batches = list(data.eval_batches(dataset, 10))
+  assert [b["mask"].sum() for b in batches] == [10, 10, 5]
+  chex.assert_shape(batches[-1]["image"], (10, 28, 28, 1))
+  np.testing.assert_array_equal(batches[-1]["label"][:5], dataset.test_labels[20:])
+  assert sum(b["mask"].sum() for b in data.eval_batches(dataset, 10, max_batches=2)) == 20

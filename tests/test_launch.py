@@ -1,0 +1,73 @@
+"""Configs and the command line: overrides, locked fields, and a real run of launch.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+
+
+def _parse(*args):
+  argv = ["launch.py", *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem not in ("__init__", "base")], ids=lambda p: p.stem)
+def test_every_config_loads_locked(path):
+  config = _parse(f"--config={path}")
+  with pytest.raises(AttributeError):
+    config.train.epoch = 3  # Misspelt: locked configs refuse new fields.
+
+
+def test_command_line_overrides_apply():
+  config = _parse(f"--config={ROOT / 'configs/vgg19_k13.py'}", "--config.train.epochs=3",
+                  "--config.train.learning_rate=0.1", "--config.data.path=/data/c.npz",
+                  "--config.train.lr_decay_epochs=(1,2)", "--config.seed=7")
+  assert (config.train.epochs, config.train.learning_rate, config.data.path) == (3, 0.1, "/data/c.npz")
+  assert tuple(config.train.lr_decay_epochs) == (1, 2) and config.seed == 7
+  assert config.share.k == 13 and config.model.name == "vgg"
+
+
+def _launch(*args, env_data_dir, cwd):
+  env = {**os.environ, "DC_JAX_DATA_DIR": str(env_data_dir)}
+  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_launch_trains_on_real_cifar10_and_writes_results(shared_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = _launch(f"--config={ROOT / 'configs/tiny.py'}", f"--workdir={workdir}",
+                   "--config.train.epochs=1", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  baseline = json.loads((workdir / "results.json").read_text())["stages"]["baseline"]
+  assert baseline["steps"] == 3 and baseline["test_examples"] == 64
+  assert 0.0 <= baseline["test_accuracy"] <= 1.0
+  assert baseline["params"] > 0
+  assert (workdir / "baseline" / "3").is_dir()
+
+
+def test_launch_reports_a_user_error_in_one_line_without_traceback(shared_data_dir, tmp_path):
+  result = _launch(f"--config={ROOT / 'configs/tiny.py'}", f"--workdir={tmp_path / 'run'}",
+                   "--config.data.name=mnist", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert "error: model.name='vgg' takes (32, 32, 3) images; data.name='mnist' has (28, 28, 1)" in result.stderr
+  assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_launch_rejects_a_misspelt_override_in_one_line(tmp_path):
+  result = _launch(f"--config={ROOT / 'configs/lenet300.py'}", "--config.train.epoch=3",
+                   env_data_dir=tmp_path, cwd=tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: not a config field: 'epoch' Did you mean \"epochs\" instead of \"epoch\"?")
