@@ -11,7 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "mnist"  # mnist | fashion_mnist | cifar10.
   config.data.path = ""  # A local .npz (or IDX folder); overrides $DC_JAX_DATA_DIR and TFDS.
   config.data.tfds_dir = ""  # TFDS data_dir when loading through TFDS; "" = TFDS's default.
-  config.data.augment = False  # Random crop (pad 4) + horizontal flip, for CIFAR.
+  config.data.augment = False  # Random shifts (crop of the padded image) and flips of training images.
+  config.data.crop_padding = 4  # augment: shifts of up to this many pixels (CIFAR: 4).
+  config.data.flip = True  # augment: random horizontal flips (CIFAR: yes; digits: no).
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "lenet300_100"  # vgg | lenet300_100 | lenet5.
@@ -36,6 +38,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batches = -1  # -1 = the whole test set; fewer for smoke runs.
   config.train.log_every_steps = 50  # Train metrics into metrics.jsonl every this many steps.
   config.train.checkpoint_every_epochs = 1
+
+  config.stages = ("baseline", "pruned")  # Which stages to run, in pipeline order.
+
+  config.prune = ml_collections.ConfigDict()
+  config.prune.patterns = (r".*kernel",)  # Regexes (fullmatch) over paths like "ip1/kernel": what is pruned.
+  config.prune.criterion = "layer"  # layer (top fraction per layer) | global | threshold (Han's q * std).
+  config.prune.schedule = "polynomial"  # polynomial | geometric (layer, global) | han (threshold: same q each round).
+  config.prune.rounds = 5  # Prune-then-retrain rounds.
+  config.prune.kept_fraction = 0.1  # Kept after the last round (layer, global).
+  config.prune.layer_kept_fractions = ()  # ((regex, fraction), ...): per-layer overrides, first match wins.
+  config.prune.quality = 1.0  # threshold only: keep |w| >= quality * std of the layer's surviving weights.
+  config.prune.layer_qualities = ()  # ((regex, quality), ...): per-layer overrides.
+  config.prune.epochs = 3  # Retraining epochs per round; the rest of the optimizer comes from train.*.
+  config.prune.learning_rate = 0.005  # Retraining rate, about 1/10 of training's (Han et al.).
+  config.prune.lr_schedule = "cosine"  # Restarts each round.
 
   config.share = ml_collections.ConfigDict()
   config.share.k = 13  # Clusters per layer in the weight-sharing stage (the original's 4/9/13/35).

@@ -202,29 +202,46 @@ def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
   return (images.astype(np.float32) / 255.0 - mean) / std
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-  """Random crop from a zero-padded image and random horizontal flip (the CIFAR standard)."""
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Random crop from a zero-padded image (a shift of up to `pad` pixels), optionally flipped.
+
+  pad=4 with flips is the CIFAR standard; digits take shifts only (a flipped 2 is no 2).
+  """
+
+  pad: int = 4
+  flip: bool = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Augmentation | None":
+    return cls(pad=config.crop_padding, flip=config.flip) if config.augment else None
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, augmentation: Augmentation = Augmentation()) -> np.ndarray:
+  """Each image shifted by a random crop of its padded self and, if asked, flipped left-right."""
   n, h, w, _ = images.shape
+  pad = augmentation.pad
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   top = rng.integers(0, 2 * pad + 1, size=n)
   left = rng.integers(0, 2 * pad + 1, size=n)
   rows = top[:, None] + np.arange(h)
   cols = left[:, None] + np.arange(w)
-  flip = rng.random(n) < 0.5
-  cols = np.where(flip[:, None], cols[:, ::-1], cols)
+  if augmentation.flip:
+    flip = rng.random(n) < 0.5
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def train_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int,
-                  augment_images: bool) -> Iterator[dict[str, np.ndarray]]:
+                  augmentation: Augmentation | None) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of shuffled, full training batches; a function of (seed, epoch) only."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(dataset.train_images.shape[0])
   for start in range(0, order.size - batch_size + 1, batch_size):
     index = np.sort(order[start:start + batch_size])
     images = dataset.train_images[index]
-    if augment_images:
-      images = augment(images, rng)
+    if augmentation is not None:
+      images = augment(images, rng, augmentation)
     yield {"image": normalize(images, dataset.mean, dataset.std),
            "label": dataset.train_labels[index]}
 

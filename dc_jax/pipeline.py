@@ -1,7 +1,9 @@
 """The stages of Deep Compression in order, each resumable, recorded in `results.json`.
 
-Today: the dense baseline. Each stage trains from its own checkpoint folder
-under the workdir and adds its entry under `stages` in `results.json`.
+Stages so far: `baseline` (dense training) and `pruned` (iterative magnitude
+pruning with retraining). Each trains from its own checkpoint folders under the
+workdir, so rerunning the same command resumes where it stopped, and adds its
+entry under `stages` in `results.json`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from dc_jax import data, models, train
-from dc_jax.errors import DataError
+from dc_jax import data, models, prune, train
+from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
+STAGES = ("baseline", "pruned")
 
 
 def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
@@ -48,32 +52,124 @@ def check_compatible(model_config: ml_collections.ConfigDict, dataset: data.Data
   expected = models.INPUT_SHAPES[model_config.name]
   if dataset.image_shape != expected:
     raise DataError(f"model.name={model_config.name!r} takes {expected} images; "
-                         f"data.name={dataset.name!r} has {dataset.image_shape}")
+                    f"data.name={dataset.name!r} has {dataset.image_shape}")
 
 
-def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset,
-                   workdir: Path) -> train.TrainState:
-  """Stage 1: the dense network, trained from scratch (or resumed) in `workdir/baseline`."""
-  model = models.create_model(config.model, dataset.num_classes)
+def check_stages(stages: tuple[str, ...]) -> None:
+  if not stages or tuple(stages) != STAGES[:len(stages)]:
+    raise ConfigError(f"stages={tuple(stages)!r} is not a run of stages; valid: a prefix of {STAGES}, in order")
+
+
+def _per_layer(default: float, overrides: tuple) -> prune.PerLayer:
+  """A config's default value plus its ((regex, value), ...) overrides, as prune.Plan takes them."""
+  return [*(tuple(pair) for pair in overrides), (".*", default)] if overrides else default
+
+
+def pruning_plan(config: ml_collections.ConfigDict) -> prune.Plan:
+  """The `prune.*` fields as a checked prune.Plan."""
+  return prune.Plan(
+      criterion=config.criterion, schedule=config.schedule, rounds=config.rounds,
+      kept_fraction=_per_layer(config.kept_fraction, config.layer_kept_fractions),
+      quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns))
+
+
+def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """train.* with the retraining epochs and learning rate of prune.*."""
+  retrain = config.train.copy_and_resolve_references()
+  retrain.epochs = config.prune.epochs
+  retrain.learning_rate = config.prune.learning_rate
+  retrain.lr_schedule = config.prune.lr_schedule
+  return retrain
+
+
+def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model, workdir: Path) -> train.TrainState:
+  """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`."""
   tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
   state = train.create_train_state(jax.random.key(config.seed), model, dataset.image_shape, tx)
   return train.fit(state, dataset, config.train, config.seed,
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
-                   augment=config.data.augment)
+                   augmentation=data.Augmentation.from_config(config.data))
+
+
+def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, dense: train.TrainState,
+                      workdir: Path) -> tuple[train.TrainState, list[dict[str, Any]]]:
+  """Stage `pruned`: rounds of pruning, each followed by retraining with the masks enforced by optax.
+
+  Round r prunes the weights that round r-1 left, to the schedule's fraction,
+  then retrains from them in `workdir/pruned/round_r` with a fresh optimizer.
+  The masks live in the optimizer state: checkpointed, and restored on resume.
+  """
+  plan = pruning_plan(config.prune)
+  retrain = retrain_config(config)
+  steps = train.steps_in_epoch(dataset, retrain)
+  state, masks, rounds = dense, None, []
+  for r in range(plan.rounds):
+    masks = plan.prune(state.params, masks, r)
+    tx = prune.masked(train.create_optimizer(retrain, steps), masks)
+    state = train.TrainState.create(apply_fn=state.apply_fn, params=prune.apply_masks(state.params, masks),
+                                    batch_stats=state.batch_stats, tx=tx)
+    state = train.fit(state, dataset, retrain, config.seed + r + 1,
+                      checkpoint_dir=workdir / "pruned" / f"round_{r}",
+                      metrics_path=workdir / "metrics.jsonl", augmentation=data.Augmentation.from_config(config.data))
+    masks = prune.masks_of(state.opt_state)
+    test = train.evaluate(state, dataset, retrain.eval_batch_size, retrain.eval_batches)
+    _, totals = prune.report(masks, plan.patterns)
+    rounds.append({"round": r + 1, "kept_fraction": totals["kept_fraction"], "test_accuracy": test["accuracy"]})
+    print(f"pruning round {r + 1}/{plan.rounds}: kept {totals['kept_fraction']:.2%} of weights, "
+          f"test accuracy {test['accuracy']:.4f}", flush=True)
+  return state, rounds
+
+
+def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -> str:
+  """The paper's "Weights% (P)" column, per layer and in total."""
+  lines = [f"{'layer':<20}{'weights':>12}{'kept':>12}{'kept %':>9}"]
+  for row in layers:
+    lines.append(f"{row['layer']:<20}{row['total']:>12,}{row['kept']:>12,}{row['kept_fraction']:>9.2%}")
+  lines.append(f"{'total':<20}{totals['total']:>12,}{totals['kept']:>12,}{totals['kept_fraction']:>9.2%}"
+               f"  ({totals['compression']:.1f}x)")
+  return "\n".join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Runs every stage the config asks for and returns the contents of results.json."""
+  """Runs the stages the config asks for and returns the contents of results.json.
+
+  Everything that can be checked without training is checked first: stages,
+  model, pruning plan and its patterns, data.
+  """
   workdir = Path(workdir)
-  models.create_model(config.model, 10)  # Rejects an unknown model before the data is read.
+  check_stages(config.stages)
+  model = models.create_model(config.model, 10)
+  if "pruned" in config.stages:
+    plan = pruning_plan(config.prune)
+    shape = (1, *models.INPUT_SHAPES[config.model.name])
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    prune.select(abstract["params"], plan.patterns)  # A pattern matching nothing fails now.
   dataset = data.load(config.data)
   check_compatible(config.model, dataset)
+  model = models.create_model(config.model, dataset.num_classes)
   workdir.mkdir(parents=True, exist_ok=True)
-  state = train_baseline(config, dataset, workdir)
+
+  state = train_baseline(config, dataset, model, workdir)
   test = train.evaluate(state, dataset, config.train.eval_batch_size, config.train.eval_batches)
-  return record_stage(workdir, "baseline", {
+  results = record_stage(workdir, "baseline", {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
       "params": train.count_params(state.params),
       "steps": int(state.step),
+  })
+  if "pruned" not in config.stages:
+    return results
+
+  state, rounds = prune_and_retrain(config, dataset, state, workdir)
+  layers, totals = prune.report(prune.masks_of(state.opt_state), config.prune.patterns)
+  print(format_pruning_table(layers, totals), flush=True)
+  return record_stage(workdir, "pruned", {
+      "test_accuracy": rounds[-1]["test_accuracy"],
+      "test_examples": test["examples"],
+      "kept_fraction": totals["kept_fraction"],
+      "compression": totals["compression"],
+      "weights": totals["total"],
+      "kept_weights": totals["kept"],
+      "layers": layers,
+      "rounds": rounds,
   })

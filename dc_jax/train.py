@@ -144,7 +144,7 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 
 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
-        checkpoint_dir: Path, metrics_path: Path, augment: bool,
+        checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
         step_fn: Callable = train_step) -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
@@ -158,7 +158,7 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   first_epoch = int(state.step) // steps
   try:
     for epoch in range(first_epoch, config.epochs):
-      batches = data.train_batches(dataset, config.batch_size, seed, epoch, augment)
+      batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
       progress = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
       for i, batch in zip(progress, batches):
         state, metrics = step_fn(state, batch, dropout_key)

@@ -128,18 +128,28 @@ def test_augmentation_is_deterministic_for_a_seed_and_keeps_shapes():
 
 def test_augmentation_is_a_crop_of_the_padded_image_maybe_flipped():
   images = np.random.default_rng(0).integers(1, 256, (6, 8, 8, 3)).astype(np.uint8)
-  out = data.augment(images, np.random.default_rng(3), pad=2)
+  out = data.augment(images, np.random.default_rng(3), data.Augmentation(pad=2, flip=True))
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  flips = []
+  for image, result in zip(padded, out):
+    matches = [flip for top in range(5) for left in range(5) for flip in (False, True)
+               if np.array_equal(result, (lambda c: c[:, ::-1] if flip else c)(image[top:top + 8, left:left + 8]))]
+    assert matches
+    flips.append(matches[0])
+  assert any(flips)
+
+
+def test_augmentation_without_flips_only_shifts():
+  images = np.random.default_rng(0).integers(1, 256, (20, 8, 8, 1)).astype(np.uint8)
+  out = data.augment(images, np.random.default_rng(3), data.Augmentation(pad=2, flip=False))
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for image, result in zip(padded, out):
-    candidates = [crop[:, ::-1] if flip else crop
-                  for top in range(5) for left in range(5) for flip in (False, True)
-                  for crop in [image[top:top + 8, left:left + 8]]]
-    assert any(np.array_equal(result, c) for c in candidates)
+    assert any(np.array_equal(result, image[top:top + 8, left:left + 8]) for top in range(5) for left in range(5))
 
 
 def test_train_batches_depend_only_on_seed_and_epoch():
   dataset = synthetic_dataset("cifar10", n_train=64)
-  run = lambda seed, epoch: [b["label"] for b in data.train_batches(dataset, 16, seed, epoch, True)]
+  run = lambda seed, epoch: [b["label"] for b in data.train_batches(dataset, 16, seed, epoch, data.Augmentation())]
   assert len(run(0, 0)) == 4
   np.testing.assert_array_equal(np.concatenate(run(0, 3)), np.concatenate(run(0, 3)))
   assert not np.array_equal(np.concatenate(run(0, 3)), np.concatenate(run(0, 4)))
@@ -149,7 +159,7 @@ def test_train_batches_depend_only_on_seed_and_epoch():
 
 def test_normalised_batches_have_zero_mean_and_unit_variance_per_channel():
   dataset = synthetic_dataset("cifar10", n_train=64)
-  batch = next(data.train_batches(dataset, 64, seed=0, epoch=0, augment_images=False))
+  batch = next(data.train_batches(dataset, 64, seed=0, epoch=0, augmentation=None))
   np.testing.assert_allclose(batch["image"].mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
   np.testing.assert_allclose(batch["image"].std(axis=(0, 1, 2)), 1.0, atol=1e-4)
 

@@ -41,7 +41,7 @@ def _train_mode_loss(state, batch):
 ])
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch(model, dataset_name):
   dataset = synthetic_dataset(dataset_name, n_train=32)
-  batch = next(data.train_batches(dataset, 32, seed=0, epoch=0, augment_images=False))
+  batch = next(data.train_batches(dataset, 32, seed=0, epoch=0, augmentation=None))
   state = _state(model, dataset.image_shape, _train_config(learning_rate=1e-3, momentum=0.0))
   before = _train_mode_loss(state, batch)
   new_state, metrics = train.train_step(state, batch, jax.random.key(1))
@@ -52,7 +52,7 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch(model, dataset_name):
 
 def test_batchnorm_statistics_are_updated_by_a_train_step():
   dataset = synthetic_dataset("cifar10", n_train=16)
-  batch = next(data.train_batches(dataset, 16, seed=0, epoch=0, augment_images=False))
+  batch = next(data.train_batches(dataset, 16, seed=0, epoch=0, augmentation=None))
   state = _state(models.VGG(depth=11, width=1 / 16, classifier_widths=(32,)), dataset.image_shape,
                  _train_config())
   new_state, _ = train.train_step(state, batch, jax.random.key(1))
@@ -85,7 +85,7 @@ def test_fit_learns_the_synthetic_task_and_logs_metrics(tmp_path):
   config = _train_config(epochs=3)
   state = _state(models.LeNet300100(), dataset.image_shape, config, steps_per_epoch=16)
   state = train.fit(state, dataset, config, seed=0, checkpoint_dir=tmp_path / "ckpt",
-                    metrics_path=tmp_path / "metrics.jsonl", augment=False)
+                    metrics_path=tmp_path / "metrics.jsonl", augmentation=None)
   assert train.evaluate(state, dataset, 50)["accuracy"] > 0.9
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records if r["split"] == "test"] == [1, 2, 3]
@@ -101,7 +101,7 @@ def test_resumed_training_continues_at_the_saved_step_and_matches_an_uninterrupt
   fresh = lambda: initial  # One optimizer object: jit compiles each step function once.
   run = lambda epochs, folder: train.fit(
       fresh(), dataset, _with_epochs(config.train, epochs), seed=0, checkpoint_dir=tmp_path / folder,
-      metrics_path=tmp_path / f"{folder}.jsonl", augment=True)
+      metrics_path=tmp_path / f"{folder}.jsonl", augmentation=data.Augmentation())
 
   interrupted = run(1, "resumed")
   assert int(interrupted.step) == 3

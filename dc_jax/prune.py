@@ -1,0 +1,292 @@
+"""Magnitude pruning (Han et al. 2015): which weights to drop, and the optax transform that keeps them dropped.
+
+Everything works on any flax.linen parameter tree. A mask is a tree of bool
+arrays shaped like the parameters, True where a weight is kept. Parameters are
+chosen by regular expressions over their paths ("ip1/kernel", "conv1_1/bias"),
+matched with `re.fullmatch`. Masks only ever shrink: every criterion ANDs its
+choice with the mask it is given, so a pruned weight never comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dc_jax.errors import ConfigError
+
+Params = Any  # A nested dict of arrays, as flax.linen makes them.
+Masks = Any  # Params' structure with bool arrays of the same shapes; True = kept.
+# One value for every selected layer, or (pattern, value) pairs where the first fullmatch wins.
+PerLayer = float | Sequence[tuple[str, float]]
+
+# Every conv and dense kernel; never biases, nor BatchNorm's scale and bias.
+DEFAULT_PATTERNS = (r".*kernel",)
+CRITERIA = ("threshold", "layer", "global")
+SCHEDULES = ("geometric", "polynomial", "han")
+
+
+def path_name(path: jax.tree_util.KeyPath) -> str:
+  """A parameter's path as the patterns see it: its keys joined by "/"."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS) -> Any:
+  """A tree of Python bools, True for the leaves whose path fullmatches one of `patterns`.
+
+  A pattern that matches nothing is an error: a typo would silently leave a layer dense.
+  """
+  names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern in patterns:
+    if not any(re.fullmatch(pattern, name) for name in names):
+      raise ConfigError(f"prune pattern {pattern!r} matches no parameter; paths are: {', '.join(names)}")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(re.fullmatch(pattern, path_name(path)) for pattern in patterns), params)
+
+
+def all_kept(params: Params) -> Masks:
+  """The masks before any pruning."""
+  return jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
+
+
+def apply_masks(params: Params, masks: Masks) -> Params:
+  """Pruned weights set to exactly 0; `where`, not a product, so that no NaN or Inf survives."""
+  return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), params, masks)
+
+
+def _values(rule: PerLayer) -> list[float]:
+  return [float(rule)] if isinstance(rule, numbers.Real) else [float(value) for _, value in rule]
+
+
+def _check_fractions(rule: PerLayer, field: str) -> None:
+  for value in _values(rule):
+    if not 0.0 < value <= 1.0:
+      raise ConfigError(f"{field}={value!r} is not a kept fraction; valid: 0 < {field} <= 1")
+
+
+def _check_qualities(rule: PerLayer, field: str) -> None:
+  for value in _values(rule):
+    if not value > 0.0:
+      raise ConfigError(f"{field}={value!r} is not a quality parameter; valid: {field} > 0")
+
+
+def _check_rounds(rounds: int) -> None:
+  if not isinstance(rounds, numbers.Integral) or rounds < 1:
+    raise ConfigError(f"prune.rounds={rounds!r} is not a number of rounds; valid: an integer >= 1")
+
+
+def _layer_value(rule: PerLayer, name: str, field: str) -> float:
+  """The value `rule` gives the layer `name`."""
+  if isinstance(rule, numbers.Real):
+    return float(rule)
+  for pattern, value in rule:
+    if re.fullmatch(pattern, name):
+      return float(value)
+  raise ConfigError(f"{field} has no pattern matching {name!r}; add one, e.g. ('.*', value) last")
+
+
+def _prune_selected(criterion: Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray], params: Params,
+                    masks: Masks | None, patterns: Sequence[str]) -> Masks:
+  """Masks with `criterion(name, w, mask)` ANDed into each selected leaf; other leaves unchanged."""
+  masks = all_kept(params) if masks is None else masks
+  return jax.tree_util.tree_map_with_path(
+      lambda path, w, m, chosen: m & criterion(path_name(path), w, m) if chosen else m,
+      params, masks, select(params, patterns))
+
+
+@jax.jit
+def _above_std(w: jnp.ndarray, m: jnp.ndarray, quality: float) -> jnp.ndarray:
+  return jnp.abs(w) >= quality * jnp.std(w, where=m)
+
+
+def han_threshold(params: Params, quality: PerLayer, masks: Masks | None = None,
+                  patterns: Sequence[str] = DEFAULT_PATTERNS) -> Masks:
+  """Han's rule: keep |w| >= q * std(w), per layer.
+
+  The std is over the layer's surviving weights (np.std, ddof=0). Before any
+  pruning that is the whole tensor, as in the PyTorch original; afterwards the
+  zeros of pruned weights do not shrink it, so repeating the same q prunes more
+  each round (the "han" schedule) instead of doing nothing.
+  """
+  _check_qualities(quality, "quality")
+
+  def criterion(name, w, m):
+    return _above_std(w, m, _layer_value(quality, name, "quality"))
+
+  return _prune_selected(criterion, params, masks, patterns)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _top_k(w: jnp.ndarray, m: jnp.ndarray, k: int) -> jnp.ndarray:
+  """The k largest |w| among the kept ones, as a flat mask.
+
+  A stable sort breaks ties by position (earlier wins), so exactly k are kept
+  whenever k weights survive; pruned weights rank last and stay pruned.
+  """
+  scores = jnp.where(m, jnp.abs(w), -jnp.inf).ravel()
+  order = jnp.argsort(-scores, stable=True)
+  return jnp.zeros(scores.shape, bool).at[order[:k]].set(True) & m.ravel()
+
+
+def layer_fraction(params: Params, fraction: PerLayer, masks: Masks | None = None,
+                   patterns: Sequence[str] = DEFAULT_PATTERNS) -> Masks:
+  """Keep the round(fraction * size) largest-magnitude weights of each layer (fewer only if fewer survive)."""
+  _check_fractions(fraction, "fraction")
+
+  def criterion(name, w, m):
+    k = round(_layer_value(fraction, name, "fraction") * w.size)
+    return _top_k(w, m, k).reshape(w.shape)
+
+  return _prune_selected(criterion, params, masks, patterns)
+
+
+def global_fraction(params: Params, fraction: float, masks: Masks | None = None,
+                    patterns: Sequence[str] = DEFAULT_PATTERNS) -> Masks:
+  """Keep the round(fraction * total) largest-magnitude weights over all selected layers, one threshold for all.
+
+  Ties are broken by leaf order (sorted paths), then position in the leaf.
+  """
+  _check_fractions(fraction, "fraction")
+  masks = all_kept(params) if masks is None else masks
+  weights, treedef = jax.tree.flatten(params)
+  new_masks = treedef.flatten_up_to(masks)
+  chosen = [i for i, s in enumerate(treedef.flatten_up_to(select(params, patterns))) if s]
+  flat_w = jnp.concatenate([weights[i].ravel() for i in chosen])
+  flat_m = jnp.concatenate([new_masks[i].ravel() for i in chosen])
+  keep = _top_k(flat_w, flat_m, round(fraction * flat_w.size))
+  splits = np.cumsum([weights[i].size for i in chosen])[:-1]
+  for i, part in zip(chosen, jnp.split(keep, splits)):
+    new_masks[i] = part.reshape(weights[i].shape)
+  return treedef.unflatten(new_masks)
+
+
+def scheduled_fraction(schedule: str, kept_fraction: float, rounds: int, round_index: int) -> float:
+  """The kept fraction after round `round_index` (0-based) of `rounds`; the last round gives `kept_fraction`.
+
+  "geometric" keeps the same share of the survivors each round:
+  final ** (t / N). "polynomial" is Zhu & Gupta's cubic, which prunes fast
+  while the net is redundant and slowly near the end:
+  final + (1 - final) * (1 - t / N) ** 3.
+  """
+  _check_fractions(kept_fraction, "prune.kept_fraction")
+  _check_rounds(rounds)
+  t = (round_index + 1) / rounds
+  if schedule == "geometric":
+    return kept_fraction ** t
+  if schedule == "polynomial":
+    return kept_fraction + (1.0 - kept_fraction) * (1.0 - t) ** 3
+  raise ConfigError(f"prune.schedule={schedule!r} has no kept fractions; valid: geometric, polynomial")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Iterative pruning: `rounds` rounds of `criterion`, each asking for what `schedule` gives that round.
+
+  The fields mirror a `prune` config section and are checked on construction,
+  so that a bad config fails before any training.
+  """
+
+  criterion: str = "layer"  # threshold (Han's q * std), layer (top fraction per layer) or global.
+  schedule: str = "polynomial"  # geometric or polynomial for layer/global; han (same q each round) for threshold.
+  rounds: int = 1  # Pruning rounds, each followed by retraining.
+  kept_fraction: PerLayer = 0.1  # Kept fraction after the last round; per layer only for criterion layer.
+  quality: PerLayer = 1.0  # Han's q, for criterion threshold.
+  patterns: Sequence[str] = DEFAULT_PATTERNS  # Regexes (fullmatch) over parameter paths: what is pruned.
+
+  def __post_init__(self) -> None:
+    if self.criterion not in CRITERIA:
+      raise ConfigError(f"prune.criterion={self.criterion!r} is not a criterion; valid: {', '.join(CRITERIA)}")
+    if self.schedule not in SCHEDULES:
+      raise ConfigError(f"prune.schedule={self.schedule!r} is not a schedule; valid: {', '.join(SCHEDULES)}")
+    if (self.schedule == "han") != (self.criterion == "threshold"):
+      valid = "han" if self.criterion == "threshold" else "geometric, polynomial"
+      raise ConfigError(f"prune.schedule={self.schedule!r} does not fit prune.criterion={self.criterion!r}; "
+                        f"valid: {valid}")
+    _check_rounds(self.rounds)
+    if self.criterion == "threshold":
+      _check_qualities(self.quality, "prune.quality")
+    elif self.criterion == "global" and not isinstance(self.kept_fraction, numbers.Real):
+      raise ConfigError(f"prune.kept_fraction={self.kept_fraction!r} must be one number for criterion global")
+    else:
+      _check_fractions(self.kept_fraction, "prune.kept_fraction")
+
+  def fraction(self, round_index: int) -> PerLayer:
+    """The kept fraction (or per-layer rule) the schedule sets for round `round_index`."""
+    def at(final):
+      return scheduled_fraction(self.schedule, float(final), self.rounds, round_index)
+
+    if isinstance(self.kept_fraction, numbers.Real):
+      return at(self.kept_fraction)
+    return [(pattern, at(final)) for pattern, final in self.kept_fraction]
+
+  def prune(self, params: Params, masks: Masks | None, round_index: int) -> Masks:
+    """The masks after round `round_index` (0-based), never keeping a weight that `masks` dropped."""
+    if self.criterion == "threshold":
+      return han_threshold(params, self.quality, masks, self.patterns)
+    prune_fn = layer_fraction if self.criterion == "layer" else global_fraction
+    return prune_fn(params, self.fraction(round_index), masks, self.patterns)
+
+
+class MaskedState(NamedTuple):
+  """The masks live in the optimizer state, so they are checkpointed (and sharded) with it."""
+
+  masks: Masks
+  inner_state: optax.OptState
+
+
+def masked(inner: optax.GradientTransformation, masks: Masks) -> optax.GradientTransformation:
+  """`inner` with pruned weights frozen at their current value (0, after `apply_masks`).
+
+  Gradients of pruned weights are zeroed before `inner`, so they never enter
+  its moments; its updates are zeroed after, so that nothing inside it (a
+  momentum trace from before pruning, weight decay, noise) moves them either.
+  Unlike `optax.masked`, which passes masked-out leaves through untouched.
+  """
+
+  def init_fn(params: Params) -> MaskedState:
+    return MaskedState(masks=masks, inner_state=inner.init(params))
+
+  def update_fn(updates: optax.Updates, state: MaskedState,
+                params: Params | None = None) -> tuple[optax.Updates, MaskedState]:
+    updates = apply_masks(updates, state.masks)
+    updates, inner_state = inner.update(updates, state.inner_state, params)
+    return apply_masks(updates, state.masks), MaskedState(state.masks, inner_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def masks_of(opt_state: optax.OptState) -> Masks:
+  """The masks held by the one `masked` transform in an optimizer state (possibly inside a chain)."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, MaskedState))
+           if isinstance(s, MaskedState)]
+  if len(found) != 1:
+    raise ValueError(f"the optimizer state holds {len(found)} MaskedState; expected exactly one")
+  return found[0].masks
+
+
+def report(masks: Masks,
+           patterns: Sequence[str] = DEFAULT_PATTERNS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Per-layer and total kept weights of the selected leaves, as plain Python for JSON.
+
+  `compression` is total / kept, the paper's "12x"; pass patterns=(".*",) to
+  count biases too.
+  """
+  selected = jax.tree.leaves(select(masks, patterns))
+  layers = []
+  for (path, m), chosen in zip(jax.tree_util.tree_flatten_with_path(masks)[0], selected):
+    if chosen:
+      total, kept = int(np.size(m)), int(np.sum(m))
+      layers.append({"layer": path_name(path), "total": total, "kept": kept, "kept_fraction": kept / total})
+  total, kept = sum(r["total"] for r in layers), sum(r["kept"] for r in layers)
+  totals = {"total": total, "kept": kept, "kept_fraction": kept / total,
+            "compression": total / kept if kept else math.inf}
+  return layers, totals

@@ -1,0 +1,87 @@
+"""The stages end to end on a small synthetic MNIST written to disk: results, resumption, early errors."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import lenet300
+from dc_jax import pipeline, prune, train
+from dc_jax.errors import ConfigError
+from tests.conftest import synthetic_dataset
+
+
+@pytest.fixture
+def small_config(tmp_path):
+  """LeNet-300-100 on a synthetic .npz: baseline, then 2 pruning rounds to the paper's per-layer fractions."""
+  dataset = synthetic_dataset("mnist", n_train=256, n_test=100)
+  path = tmp_path / "mnist.npz"
+  np.savez(path, x_train=dataset.train_images[..., 0], y_train=dataset.train_labels,
+           x_test=dataset.test_images[..., 0], y_test=dataset.test_labels)
+  config = lenet300.get_config()
+  config.data.path = str(path)
+  config.train.epochs = 2
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 50
+  config.prune.rounds = 2
+  config.prune.epochs = 1
+  return config
+
+
+def _lines(path):
+  return path.read_text().count("\n")
+
+
+def test_pruned_stage_meets_the_kept_fractions_and_resumes_without_retraining(small_config, tmp_path):
+  workdir = tmp_path / "run"
+  results = pipeline.run(small_config, workdir)
+  pruned = results["stages"]["pruned"]
+  assert {row["layer"]: row["kept"] for row in pruned["layers"]} == {
+      "ip1/kernel": round(0.075 * 235_200), "ip2/kernel": round(0.09 * 30_000), "ip3/kernel": 250}
+  assert pruned["kept_fraction"] == pytest.approx(20_590 / 266_200)
+  assert [r["round"] for r in pruned["rounds"]] == [1, 2]
+  assert pruned["rounds"][0]["kept_fraction"] > pruned["rounds"][1]["kept_fraction"]
+  assert json.loads((workdir / "results.json").read_text()) == results
+
+  # The last round's checkpoint holds the masks, and pruned weights at exactly 0.
+  manager = train.checkpoint_manager(workdir / "pruned" / "round_1")
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  kernel = np.asarray(restored["params"]["ip1"]["kernel"])
+  mask = np.asarray(restored["opt_state"]["masks"]["ip1"]["kernel"])
+  assert mask.sum() == round(0.075 * 235_200)
+  assert np.all(kernel[~mask] == 0.0) and np.count_nonzero(kernel[mask]) == mask.sum()
+
+  # Rerunning the same command restores every stage instead of training again.
+  metrics_lines = _lines(workdir / "metrics.jsonl")
+  again = pipeline.run(small_config, workdir)
+  assert _lines(workdir / "metrics.jsonl") == metrics_lines
+  assert again["stages"]["pruned"]["layers"] == pruned["layers"]
+  assert again["stages"]["pruned"]["test_accuracy"] == pruned["test_accuracy"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("prune.kept_fraction", 1.5, "prune.kept_fraction=1.5"),
+    ("prune.rounds", 0, "prune.rounds=0"),
+    ("prune.criterion", "random", "prune.criterion='random'"),
+    ("prune.patterns", ("conv9/kernel",), "prune pattern 'conv9/kernel' matches no parameter"),
+    ("stages", ("pruned",), "stages=('pruned',)"),
+])
+def test_bad_pruning_config_fails_before_any_training(small_config, tmp_path, field, value, message):
+  section, _, name = field.rpartition(".")
+  (small_config[section] if section else small_config)[name] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    pipeline.run(small_config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_pruning_plan_reads_per_layer_overrides_first_match_wins():
+  config = lenet300.get_config().prune
+  plan = pipeline.pruning_plan(config)
+  assert plan.kept_fraction == [("ip2/kernel", 0.09), ("ip3/kernel", 0.25), (".*", 0.075)]
+  params = {"ip1": {"kernel": np.ones((10, 10))}, "ip3": {"kernel": np.ones((10, 10))}}
+  masks = plan.prune(jax.tree.map(np.asarray, params), None, plan.rounds - 1)
+  assert int(masks["ip1"]["kernel"].sum()) == round(0.075 * 100)
+  assert int(masks["ip3"]["kernel"].sum()) == 25
+  assert prune.report(masks)[1]["kept"] == 8 + 25
