@@ -24,6 +24,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:
     reason = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     sys.exit(f"error: not a config field: {reason}")
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
 
 
 def main(argv: list[str]) -> None:
@@ -36,7 +38,9 @@ def main(argv: list[str]) -> None:
     results = pipeline.run(_CONFIG.value, workdir)
   except UserError as e:
     sys.exit(f"error: {e}")
-  print(f"results in {Path(workdir) / pipeline.RESULTS_FILE}: {results['stages']}")
+  for stage, entry in results["stages"].items():
+    print(f"{stage}: test accuracy {entry['test_accuracy']:.4f}")
+  print(f"results: {Path(workdir) / pipeline.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

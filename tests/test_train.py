@@ -128,10 +128,10 @@ def test_finished_training_is_restored_not_repeated(tmp_path):
   dataset = synthetic_dataset("mnist", n_train=64)
   config = _train_config(epochs=1)
   first = train.fit(_state(models.LeNet300100(), dataset.image_shape, config), dataset, config, 0,
-                    tmp_path / "ckpt", tmp_path / "m.jsonl", False)
+                    tmp_path / "ckpt", tmp_path / "m.jsonl", None)
   lines = (tmp_path / "m.jsonl").read_text().count("\n")
   again = train.fit(_state(models.LeNet300100(), dataset.image_shape, config), dataset, config, 0,
-                    tmp_path / "ckpt", tmp_path / "m.jsonl", False)
+                    tmp_path / "ckpt", tmp_path / "m.jsonl", None)
   chex.assert_trees_all_equal(first.params, again.params)
   assert (tmp_path / "m.jsonl").read_text().count("\n") == lines
 
@@ -141,5 +141,5 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
   config = _train_config(epochs=2, learning_rate=1e30, log_every_steps=1)
   state = _state(models.LeNet300100(), dataset.image_shape, config)
   with pytest.raises(train.TrainingDiverged, match="loss is"):
-    train.fit(state, dataset, config, 0, tmp_path / "ckpt", tmp_path / "m.jsonl", False)
+    train.fit(state, dataset, config, 0, tmp_path / "ckpt", tmp_path / "m.jsonl", None)
   assert train.checkpoint_manager(tmp_path / "ckpt").latest_step() in (None, 4)
