@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +143,7 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 
 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
-        checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
-        step_fn: Callable = train_step) -> TrainState:
+        checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None) -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
@@ -161,7 +159,7 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
       batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
       progress = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
       for i, batch in zip(progress, batches):
-        state, metrics = step_fn(state, batch, dropout_key)
+        state, metrics = train_step(state, batch, dropout_key)
         if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not math.isfinite(metrics["loss"]):
