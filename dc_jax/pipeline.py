@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -82,7 +83,8 @@ def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return retrain
 
 
-def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model, workdir: Path) -> train.TrainState:
+def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+                   workdir: Path) -> train.TrainState:
   """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`."""
   tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
   state = train.create_train_state(jax.random.key(config.seed), model, dataset.image_shape, tx)
