@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50  # Train metrics into metrics.jsonl every this many steps.
   config.train.checkpoint_every_epochs = 1
 
-  config.stages = ("baseline", "pruned")  # Which stages to run, in pipeline order.
+  config.stages = ("baseline", "pruned", "shared")  # Which stages to run, in pipeline order.
 
   config.prune = ml_collections.ConfigDict()
   config.prune.patterns = (r".*kernel",)  # Regexes (fullmatch) over paths like "ip1/kernel": what is pruned.
@@ -55,7 +55,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.lr_schedule = "cosine"  # Restarts each round.
 
   config.share = ml_collections.ConfigDict()
-  config.share.k = 13  # Clusters per layer in the weight-sharing stage (the original's 4/9/13/35).
+  config.share.k = 13  # Clusters in every shared layer (the original's 4/9/13/35).
+  config.share.bits = 0  # > 0: 2**bits clusters in every shared layer instead of k (LeNet-300-100: 6).
+  config.share.layer_bits = ()  # ((regex, bits), ...): per-layer, first match wins (the paper: conv 8, fc 5).
+  config.share.patterns = (r".*kernel",)  # Regexes (fullmatch) over parameter paths: what is shared.
+  config.share.init = "linear"  # linear (the paper's best) | density | random | kmeans++.
+  config.share.max_iterations = 1000  # Lloyd iterations at most per layer.
+  config.share.reduction = "sum"  # A centroid's gradient: sum (the paper's Eq. 3) | mean of its weights'.
+  config.share.train_unshared = True  # Fine-tune biases and BatchNorm too, not only the codebooks.
+  config.share.epochs = 2  # Fine-tuning epochs; the rest of the optimizer comes from train.* (no weight decay).
+  config.share.learning_rate = 0.0005  # With summed gradients a centroid moves for all its weights at once.
+  config.share.lr_schedule = "cosine"
   return config
 
 

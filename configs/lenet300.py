@@ -28,4 +28,5 @@ def get_config():
   config.prune.layer_kept_fractions = (("ip2/kernel", 0.09), ("ip3/kernel", 0.25))
   config.prune.epochs = 4
   config.prune.learning_rate = 0.01
+  config.share.bits = 6  # The paper's 6 bits for every layer.
   return base.lock(config)

@@ -28,4 +28,6 @@ def get_config():
   config.prune.layer_kept_fractions = (("conv1/kernel", 0.66), ("conv2/kernel", 0.12), ("ip2/kernel", 0.19))
   config.prune.epochs = 2
   config.prune.learning_rate = 0.005
+  config.share.layer_bits = (("conv.*", 8),)  # The paper: 8 bits for conv layers...
+  config.share.bits = 5  # ...and 5 for the fully connected ones.
   return base.lock(config)

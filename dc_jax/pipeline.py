@@ -1,7 +1,8 @@
 """The stages of Deep Compression in order, each resumable, recorded in `results.json`.
 
-Stages so far: `baseline` (dense training) and `pruned` (iterative magnitude
-pruning with retraining). Each trains from its own checkpoint folders under the
+Stages so far: `baseline` (dense training), `pruned` (iterative magnitude
+pruning with retraining) and `shared` (per-layer k-means, then fine-tuning the
+codebooks). Each trains from its own checkpoint folders under the
 workdir, so rerunning the same command resumes where it stopped, and adds its
 entry under `stages` in `results.json`.
 """
@@ -19,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dc_jax import data, models, prune, train
+from dc_jax import data, models, prune, share, train
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
-STAGES = ("baseline", "pruned")
+STAGES = ("baseline", "pruned", "shared")
 
 
 def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
@@ -83,6 +84,28 @@ def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return retrain
 
 
+def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan:
+  """The `share.*` fields as a checked share.Plan: per-layer bits first, then bits, then k."""
+  default = 2 ** config.bits if config.bits > 0 else config.k
+  rules = [(pattern, 2 ** int(bits)) for pattern, bits in config.layer_bits]
+  return share.Plan(k=[*rules, (".*", default)] if rules else default, init=config.init,
+                    max_iterations=config.max_iterations, patterns=tuple(config.patterns), seed=seed)
+
+
+def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """train.* with the fine-tuning epochs and learning rate of share.*, and no weight decay.
+
+  L2 on a codebook would pull each centroid by its own value once, not once
+  per weight that shares it: not the decay the dense weights had.
+  """
+  finetune = config.train.copy_and_resolve_references()
+  finetune.epochs = config.share.epochs
+  finetune.learning_rate = config.share.learning_rate
+  finetune.lr_schedule = config.share.lr_schedule
+  finetune.weight_decay = 0.0
+  return finetune
+
+
 def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
                    workdir: Path) -> train.TrainState:
   """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`."""
@@ -122,6 +145,45 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
   return state, rounds
 
 
+def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset, pruned: train.TrainState,
+                       workdir: Path) -> tuple[share.SharedTrainState, dict[str, Any]]:
+  """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `workdir/shared`.
+
+  Clustering is deterministic, so a resumed run clusters again and restores
+  the fine-tuned codebooks over it.
+  """
+  masks = prune.masks_of(pruned.opt_state)
+  shared, layers = share.quantize(pruned.params, masks, sharing_plan(config.share, config.seed))
+  trainable, frozen = share.split(shared)
+  finetune = finetune_config(config)
+  tx = share.finetune_optimizer(train.create_optimizer(finetune, train.steps_in_epoch(dataset, finetune)),
+                                shared, config.share.train_unshared)
+  state = share.SharedTrainState.create(apply_fn=pruned.apply_fn, params=trainable, batch_stats=pruned.batch_stats,
+                                        tx=tx, frozen=frozen, reduction=config.share.reduction)
+  before = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
+  print(f"shared: test accuracy {before['accuracy']:.4f} after clustering, before fine-tuning", flush=True)
+  state = train.fit(state, dataset, finetune, config.seed + config.prune.rounds + 1,
+                    checkpoint_dir=workdir / "shared", metrics_path=workdir / "metrics.jsonl",
+                    augmentation=data.Augmentation.from_config(config.data))
+  after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
+  return state, {
+      "test_accuracy": after["accuracy"],
+      "test_accuracy_before_finetune": before["accuracy"],
+      "test_examples": after["examples"],
+      "init": config.share.init,
+      "reduction": config.share.reduction,
+      "layers": layers,
+  }
+
+
+def format_sharing_table(layers: list[dict[str, Any]]) -> str:
+  lines = [f"{'layer':<20}{'kept':>12}{'k':>6}{'used':>6}{'iterations':>12}{'inertia':>14}"]
+  for row in layers:
+    lines.append(f"{row['layer']:<20}{row['kept']:>12,}{row['k']:>6}{row['clusters']:>6}"
+                 f"{row['iterations']:>12}{row['inertia']:>14.6g}")
+  return "\n".join(lines)
+
+
 def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -> str:
   """The paper's "Weights% (P)" column, per layer and in total."""
   lines = [f"{'layer':<20}{'weights':>12}{'kept':>12}{'kept %':>9}"]
@@ -141,11 +203,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   workdir = Path(workdir)
   check_stages(config.stages)
   model = models.create_model(config.model, 10)
+  shape = (1, *models.INPUT_SHAPES[config.model.name])
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
   if "pruned" in config.stages:
-    plan = pruning_plan(config.prune)
-    shape = (1, *models.INPUT_SHAPES[config.model.name])
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
-    prune.select(abstract["params"], plan.patterns)  # A pattern matching nothing fails now.
+    prune.select(abstract, pruning_plan(config.prune).patterns)  # A pattern matching nothing fails now.
+  if "shared" in config.stages:
+    prune.select(abstract, sharing_plan(config.share).patterns, "share.patterns")
   dataset = data.load(config.data)
   check_compatible(config.model, dataset)
   model = models.create_model(config.model, dataset.num_classes)
@@ -165,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   state, rounds = prune_and_retrain(config, dataset, state, workdir)
   layers, totals = prune.report(prune.masks_of(state.opt_state), config.prune.patterns)
   print(format_pruning_table(layers, totals), flush=True)
-  return record_stage(workdir, "pruned", {
+  results = record_stage(workdir, "pruned", {
       "test_accuracy": rounds[-1]["test_accuracy"],
       "test_examples": test["examples"],
       "kept_fraction": totals["kept_fraction"],
@@ -175,3 +238,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       "layers": layers,
       "rounds": rounds,
   })
+  if "shared" not in config.stages:
+    return results
+
+  _, entry = share_and_finetune(config, dataset, state, workdir)
+  print(format_sharing_table(entry["layers"]), flush=True)
+  print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
+  return record_stage(workdir, "shared", entry)

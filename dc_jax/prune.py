@@ -40,7 +40,7 @@ def path_name(path: jax.tree_util.KeyPath) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS) -> Any:
+def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS, field: str = "prune.patterns") -> Any:
   """A tree of Python bools, True for the leaves whose path fullmatches one of `patterns`.
 
   A pattern that matches nothing is an error: a typo would silently leave a layer dense.
@@ -48,7 +48,7 @@ def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS) -> Any:
   names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for pattern in patterns:
     if not any(re.fullmatch(pattern, name) for name in names):
-      raise ConfigError(f"prune pattern {pattern!r} matches no parameter; paths are: {', '.join(names)}")
+      raise ConfigError(f"{field}: pattern {pattern!r} matches no parameter; paths are: {', '.join(names)}")
   return jax.tree_util.tree_map_with_path(
       lambda path, _: any(re.fullmatch(pattern, path_name(path)) for pattern in patterns), params)
 

@@ -32,6 +32,16 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any
 
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, **kwargs) -> "TrainState":
+    """Flax's `create` with `step` an int32 array: a Python 0 would make train_step compile twice."""
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+  def variables(self, params: Any) -> dict[str, Any]:
+    """What `apply_fn` takes; a state that stores its parameters in another form materialises them here."""
+    return {"params": params, "batch_stats": self.batch_stats}
+
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or Inf; the last checkpoint on disk is the last good state."""
@@ -86,7 +96,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        state.variables(params), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": key})
     return _cross_entropy(logits, batch["label"]).mean(), (logits, updates)
 
@@ -99,8 +109,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
 @jax.jit
 def eval_step(state: TrainState, batch: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
   """Sums (not means) over the real rows of a padded batch, to be added up over the test set."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+  logits = state.apply_fn(state.variables(state.params), batch["image"], train=False)
   mask = batch["mask"]
   correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
   loss = jnp.where(mask, _cross_entropy(logits, batch["label"]), 0.0)

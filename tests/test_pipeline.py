@@ -27,6 +27,8 @@ def small_config(tmp_path):
   config.train.eval_batch_size = 50
   config.prune.rounds = 2
   config.prune.epochs = 1
+  config.share.bits = 4
+  config.share.epochs = 1
   return config
 
 
@@ -34,7 +36,7 @@ def _lines(path):
   return path.read_text().count("\n")
 
 
-def test_pruned_stage_meets_the_kept_fractions_and_resumes_without_retraining(small_config, tmp_path):
+def test_stages_meet_their_targets_and_resume_without_retraining(small_config, tmp_path):
   workdir = tmp_path / "run"
   results = pipeline.run(small_config, workdir)
   pruned = results["stages"]["pruned"]
@@ -59,16 +61,49 @@ def test_pruned_stage_meets_the_kept_fractions_and_resumes_without_retraining(sm
   assert _lines(workdir / "metrics.jsonl") == metrics_lines
   assert again["stages"]["pruned"]["layers"] == pruned["layers"]
   assert again["stages"]["pruned"]["test_accuracy"] == pruned["test_accuracy"]
+  assert again["stages"]["shared"] == results["stages"]["shared"]
+
+
+def test_shared_stage_clusters_the_pruned_weights_and_fine_tunes_only_codebooks(small_config, tmp_path):
+  workdir = tmp_path / "run"
+  shared = pipeline.run(small_config, workdir)["stages"]["shared"]
+  assert [(r["layer"], r["k"], r["clusters"]) for r in shared["layers"]] == [
+      ("ip1/kernel", 16, 16), ("ip2/kernel", 16, 16), ("ip3/kernel", 16, 16)]
+  assert [r["kept"] for r in shared["layers"]] == [round(0.075 * 235_200), round(0.09 * 30_000), 250]
+  assert 0.0 <= shared["test_accuracy_before_finetune"] <= 1.0 and 0.0 <= shared["test_accuracy"] <= 1.0
+
+  # The fine-tuned checkpoint: 16 values per kernel, the pruning masks and zeros intact.
+  pruned = train.checkpoint_manager(workdir / "pruned" / "round_1")
+  masks = pruned.restore(pruned.latest_step(), args=ocp.args.StandardRestore())["opt_state"]["masks"]
+  manager = train.checkpoint_manager(workdir / "shared")
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  kernel = restored["frozen"]["ip1"]["kernel"]
+  np.testing.assert_array_equal(kernel["mask"], masks["ip1"]["kernel"])
+  codebook = np.asarray(restored["params"]["ip1"]["kernel"])
+  assert codebook.shape == (16,) and np.all(np.diff(codebook) != 0)
+  assert np.all(np.asarray(kernel["indices"])[~np.asarray(kernel["mask"])] == 0)
+
+
+def test_sharing_plan_takes_layer_bits_then_bits_then_k():
+  config = lenet300.get_config().share
+  assert pipeline.sharing_plan(config).k == 13
+  config.bits = 6
+  assert pipeline.sharing_plan(config).k == 64
+  config.layer_bits = (("conv.*", 8),)
+  plan = pipeline.sharing_plan(config)
+  assert (plan.clusters("conv1/kernel"), plan.clusters("ip1/kernel")) == (256, 64)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("prune.kept_fraction", 1.5, "prune.kept_fraction=1.5"),
     ("prune.rounds", 0, "prune.rounds=0"),
     ("prune.criterion", "random", "prune.criterion='random'"),
-    ("prune.patterns", ("conv9/kernel",), "prune pattern 'conv9/kernel' matches no parameter"),
+    ("prune.patterns", ("conv9/kernel",), "prune.patterns: pattern 'conv9/kernel' matches no parameter"),
     ("stages", ("pruned",), "stages=('pruned',)"),
+    ("share.init", "uniform", "share.init='uniform'"),
+    ("share.patterns", ("ip9/kernel",), "share.patterns: pattern 'ip9/kernel' matches no parameter"),
 ])
-def test_bad_pruning_config_fails_before_any_training(small_config, tmp_path, field, value, message):
+def test_bad_config_fails_before_any_training(small_config, tmp_path, field, value, message):
   section, _, name = field.rpartition(".")
   (small_config[section] if section else small_config)[name] = value
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

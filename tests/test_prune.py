@@ -198,7 +198,7 @@ def test_a_pattern_prunes_only_the_parameters_it_names(lenet):
 
 
 def test_patterns_must_match_a_whole_path():
-  with pytest.raises(ConfigError, match=re.escape("prune pattern 'conv1' matches no parameter")):
+  with pytest.raises(ConfigError, match=re.escape("prune.patterns: pattern 'conv1' matches no parameter")):
     prune.select(_random_params(0), ["conv1"])
 
 

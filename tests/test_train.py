@@ -4,6 +4,7 @@ import json
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -143,3 +144,13 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
   with pytest.raises(train.TrainingDiverged, match="loss is"):
     train.fit(state, dataset, config, 0, tmp_path / "ckpt", tmp_path / "m.jsonl", None)
   assert train.checkpoint_manager(tmp_path / "ckpt").latest_step() in (None, 4)
+
+
+def test_train_step_compiles_once_from_a_fresh_state():
+  model = models.LeNet300100()
+  state = train.create_train_state(jax.random.key(0), model, (28, 28, 1), optax.sgd(0.1))
+  batch = {"image": jnp.ones((8, 28, 28, 1)), "label": jnp.zeros((8,), jnp.int32)}
+  before = train.train_step._cache_size()
+  for _ in range(3):
+    state, _ = train.train_step(state, batch, jax.random.key(0))
+  assert train.train_step._cache_size() == before + 1

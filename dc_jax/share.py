@@ -1,0 +1,395 @@
+"""Weight sharing (trained quantization, Han et al. 2016 Sec. 3): per-layer k-means, codebooks, centroid fine-tuning.
+
+A shared layer is a `SharedKernel`: a float32 codebook, integer indices into it
+and the pruning mask. Clustering runs once per layer on the host in float64
+numpy (exact 1-D Lloyd on the sorted weights with prefix sums: O(n log n) once,
+then O(k log n) per iteration); everything that runs per step (the codebook
+lookup and its gradient) is jitted JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from dc_jax import prune, train
+from dc_jax.errors import ConfigError
+
+Params = Any
+INITS = ("linear", "density", "random", "kmeans++")
+REDUCTIONS = ("sum", "mean")
+# One cluster count for every selected layer, or (pattern, count) pairs where the first fullmatch wins.
+PerLayerCount = int | Sequence[tuple[str, int]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lookup(codebook: jax.Array, indices: jax.Array, mask: jax.Array, reduction: str = "sum") -> jax.Array:
+  """`codebook[indices]` where `mask`, else 0; a centroid's gradient is its weights' gradients summed (Eq. 3).
+
+  The backward pass is an explicit `segment_sum` over the indices, or their
+  mean with `reduction="mean"`; indices and mask get no gradient.
+  """
+  return jnp.where(mask, codebook[indices], jnp.zeros((), codebook.dtype))
+
+
+def _lookup_fwd(codebook, indices, mask, reduction):
+  return lookup(codebook, indices, mask, reduction), (codebook, indices, mask)
+
+
+def _lookup_bwd(reduction, residuals, weight_grads):
+  codebook, indices, mask = residuals
+  k = codebook.shape[0]
+  members = jnp.where(mask, weight_grads, 0.0).ravel()
+  grads = jax.ops.segment_sum(members, indices.ravel(), num_segments=k)
+  if reduction == "mean":
+    counts = jax.ops.segment_sum(mask.ravel().astype(grads.dtype), indices.ravel(), num_segments=k)
+    grads = grads / jnp.maximum(counts, 1.0)
+  return grads.astype(codebook.dtype), None, None
+
+
+lookup.defvjp(_lookup_fwd, _lookup_bwd)
+
+
+@struct.dataclass
+class SharedKernel:
+  """A weight-shared kernel: `codebook[indices]` where `mask`, exactly 0 elsewhere.
+
+  Indices at pruned positions are 0, so that equal kernels have equal arrays.
+  """
+
+  codebook: jax.Array  # float32[k]: the shared values (centroids), sorted.
+  indices: jax.Array  # The kernel's shape, the narrowest unsigned dtype that holds k - 1.
+  mask: jax.Array  # The kernel's shape, bool; True = kept by pruning.
+
+  def materialize(self, reduction: str = "sum") -> jax.Array:
+    return lookup(self.codebook, self.indices, self.mask, reduction)
+
+
+def is_shared(leaf: Any) -> bool:
+  return isinstance(leaf, SharedKernel)
+
+
+def index_dtype(k: int) -> np.dtype:
+  """The narrowest unsigned integer dtype that holds indices 0..k-1."""
+  for dtype in (np.uint8, np.uint16, np.uint32):
+    if k - 1 <= np.iinfo(dtype).max:
+      return np.dtype(dtype)
+  raise ConfigError(f"k={k} clusters do not fit 32-bit indices")
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansResult:
+  centroids: np.ndarray  # float64, sorted, distinct; only clusters that have members.
+  labels: np.ndarray  # int32, one per input value, into `centroids`.
+  inertia: float  # Sum of squared distances to the assigned centroid, in float64.
+  iterations: int  # Lloyd iterations run.
+  converged: bool  # True if the assignment stopped changing before the iteration cap.
+
+
+def _initial_centroids(sorted_values: np.ndarray, prefix: np.ndarray, k: int, init: str,
+                       rng: np.random.Generator) -> np.ndarray:
+  """k sorted initial centroids within [min, max] (the paper's Fig. 4), from values with more than k distinct."""
+  if init == "linear":
+    return np.linspace(sorted_values[0], sorted_values[-1], k)
+  if init == "density":
+    # Evenly spaced on the y-axis of the CDF, then read off its x-axis.
+    return np.interp(np.linspace(0.0, sorted_values.size - 1, k), np.arange(sorted_values.size), sorted_values)
+  if init == "random":
+    return np.sort(rng.choice(_distinct(sorted_values), size=k, replace=False))
+  if init == "kmeans++":
+    return _kmeans_plus_plus(sorted_values, prefix, k, rng)
+  raise ConfigError(f"share.init={init!r} is not an initialisation; valid: {', '.join(INITS)}")
+
+
+def _distinct(sorted_values: np.ndarray) -> np.ndarray:
+  keep = np.empty(sorted_values.size, bool)
+  keep[0] = True
+  np.not_equal(sorted_values[1:], sorted_values[:-1], out=keep[1:])
+  return sorted_values[keep]
+
+
+def _cluster_bounds(sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+  """k + 1 positions in the sorted values: cluster j is [bounds[j], bounds[j+1]).
+
+  A value exactly between two centroids goes to the lower one, as in an argmin.
+  """
+  midpoints = (centroids[:-1] + centroids[1:]) / 2
+  return np.concatenate([[0], np.searchsorted(sorted_values, midpoints, side="right"), [sorted_values.size]])
+
+
+def _kmeans_plus_plus(sorted_values: np.ndarray, prefix: np.ndarray, k: int,
+                      rng: np.random.Generator) -> np.ndarray:
+  """Arthur & Vassilvitskii's D^2 sampling, exact, in O(k (k + log n)) from prefix sums of x and x^2.
+
+  The D^2 mass of each region (the values nearest one chosen centre) is
+  read off the prefix sums; the sampled value is found by bisection on the
+  (monotone) cumulative mass inside its region.
+  """
+  squares = np.concatenate([[0.0], np.cumsum(np.square(sorted_values))])
+  n = sorted_values.size
+  centres = np.array([sorted_values[rng.integers(n)]])
+  while centres.size < k:
+    bounds = _cluster_bounds(sorted_values, centres)
+    lo, hi = bounds[:-1], bounds[1:]
+
+    def mass(region, end):  # D^2 mass of sorted_values[lo[region]:end] around centre `region`.
+      c, start = centres[region], lo[region]
+      return ((squares[end] - squares[start]) - 2 * c * (prefix[end] - prefix[start]) + c * c * (end - start))
+
+    masses = np.maximum(mass(np.arange(centres.size), hi), 0.0)
+    cumulative = np.cumsum(masses)
+    if cumulative[-1] <= 0.0:
+      break
+    target = rng.random() * cumulative[-1]
+    region = min(int(np.searchsorted(cumulative, target, side="right")), centres.size - 1)
+    target -= cumulative[region] - masses[region]
+    start, end = int(lo[region]), int(hi[region])  # Invariant: mass(start) <= target < mass(end).
+    while end - start > 1:
+      middle = (start + end) // 2
+      if mass(region, middle) > target:
+        end = middle
+      else:
+        start = middle
+    centres = np.unique(np.append(centres, sorted_values[start]))
+  return centres
+
+
+def _split_largest(sorted_values: np.ndarray, prefix: np.ndarray, squares: np.ndarray, centroids: np.ndarray,
+                   bounds: np.ndarray, empty: np.ndarray) -> np.ndarray:
+  """Each empty cluster takes half of the cluster with the largest squared error, split at its mean.
+
+  Linear initialisation leaves many centroids in the gap that pruning opens
+  around zero; this puts them where they lower the error most (a 2-means
+  split of one contiguous run, read off the prefix sums).
+  """
+  def error(lo, hi):
+    n = np.maximum(hi - lo, 1)
+    return (squares[hi] - squares[lo]) - np.square(prefix[hi] - prefix[lo]) / n
+
+  full = ~empty
+  lo, hi, centres = bounds[:-1][full], bounds[1:][full], centroids[full]
+  errors = error(lo, hi)
+  for _ in range(int(empty.sum())):
+    j = int(np.argmax(errors))
+    if errors[j] <= 0.0:
+      break
+    cut = lo[j] + int(np.searchsorted(sorted_values[lo[j]:hi[j]], centres[j], side="right"))
+    cut = min(max(cut, lo[j] + 1), hi[j] - 1)
+    halves = np.array([[lo[j], cut], [cut, hi[j]]])
+    means = (prefix[halves[:, 1]] - prefix[halves[:, 0]]) / (halves[:, 1] - halves[:, 0])
+    lo = np.concatenate([lo[:j], halves[:, 0], lo[j + 1:]])
+    hi = np.concatenate([hi[:j], halves[:, 1], hi[j + 1:]])
+    centres = np.concatenate([centres[:j], means, centres[j + 1:]])
+    errors = np.concatenate([errors[:j], error(halves[:, 0], halves[:, 1]), errors[j + 1:]])
+  return np.concatenate([centres, centroids[empty][:centroids.size - centres.size]])
+
+
+def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: int = 1000,
+              seed: int = 0) -> KMeansResult:
+  """Lloyd's k-means on scalars, exactly, with sums in float64.
+
+  The values are sorted once; clusters are then contiguous runs, so an
+  iteration is a binary search for the k - 1 midpoints and differences of
+  prefix sums: no n x k distances, memory linear in n. Fewer than k distinct
+  values give one centroid per distinct value (inertia 0).
+  """
+  if k < 1:
+    raise ConfigError(f"k={k} clusters; valid: k >= 1")
+  values = np.asarray(values, np.float32).ravel()
+  if values.size == 0:
+    return KMeansResult(np.zeros(0), np.zeros(0, np.int32), 0.0, 0, True)
+  if not np.all(np.isfinite(values)):
+    raise ValueError("k-means input has NaN or Inf values")
+  sorted_values = np.sort(values).astype(np.float64)
+  prefix = np.concatenate([[0.0], np.cumsum(sorted_values)])
+  if 1 + np.count_nonzero(sorted_values[1:] != sorted_values[:-1]) <= k:
+    return _assign(values, sorted_values, prefix, _distinct(sorted_values), 0, True)
+  centroids = _initial_centroids(sorted_values, prefix, k, init, np.random.default_rng(seed))
+  bounds, squares, converged, iterations = None, None, False, 0
+  while iterations < max_iterations:
+    new_bounds = _cluster_bounds(sorted_values, centroids)
+    if bounds is not None and np.array_equal(new_bounds, bounds):
+      converged = True
+      break
+    bounds, iterations = new_bounds, iterations + 1
+    counts = np.diff(bounds)
+    empty = counts == 0
+    means = (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.maximum(counts, 1)
+    centroids = np.where(empty, centroids, means)
+    if empty.any():
+      if squares is None:
+        squares = np.concatenate([[0.0], np.cumsum(np.square(sorted_values))])
+      centroids = np.sort(_split_largest(sorted_values, prefix, squares, centroids, bounds, empty))
+  return _assign(values, sorted_values, prefix, centroids, iterations, converged)
+
+
+def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: np.ndarray, centroids: np.ndarray,
+            iterations: int, converged: bool) -> KMeansResult:
+  """Labels for the final centroids, dropping centroids left without members, and the inertia.
+
+  The inertia is sum(x^2) - sum_j (2 c_j S_j - n_j c_j^2), with each cluster's
+  sum S_j read off the prefix sums.
+  """
+  bounds = _cluster_bounds(sorted_values, centroids)
+  counts = np.diff(bounds)
+  centroids, bounds, counts = centroids[counts > 0], np.concatenate([[0], bounds[1:][counts > 0]]), counts[counts > 0]
+  sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+  inertia = max(float(np.dot(sorted_values, sorted_values) - np.sum(centroids * (2 * sums - counts * centroids))), 0.0)
+  labels = _labels(values, sorted_values, bounds, centroids)
+  return KMeansResult(centroids, labels, inertia, iterations, converged)
+
+
+def _labels(values: np.ndarray, sorted_values: np.ndarray, bounds: np.ndarray,
+            centroids: np.ndarray) -> np.ndarray:
+  """Each value's cluster, exactly as `bounds` cut the sorted values, in O(n) rather than O(n log k).
+
+  Values fall into a fine uniform grid by a monotone float32 formula; the
+  sorted values give each cell the range of labels found in it (one, for
+  nearly every cell), and comparisons with the few midpoints in that range
+  finish the job.
+  """
+  k, n = centroids.size, values.size
+  if k == 1:
+    return np.zeros(n, np.int32)
+  midpoints = np.concatenate([(centroids[:-1] + centroids[1:]) / 2, np.full(k, np.inf)])
+  cells = min(1 << 20, 64 * k)
+  low = values.min()
+  scale = np.float32((cells - 1) / max(float(values.max()) - float(low), np.finfo(np.float32).tiny))
+
+  def cell(v):
+    return np.clip(((v - low) * scale).astype(np.int32), 0, cells - 1)
+
+  starts = np.concatenate([[0], np.cumsum(np.bincount(cell(sorted_values.astype(np.float32)), minlength=cells))])
+  label_at = lambda p: np.searchsorted(bounds[1:-1], p, side="right")  # noqa: E731 (label of sorted position p)
+  nonempty = starts[1:] > starts[:-1]
+  first = label_at(np.minimum(starts[:-1], n - 1))
+  spread = int(np.max(np.where(nonempty, label_at(starts[1:] - 1) - first, 0)))
+  first = first.astype(np.int32)[cell(values)]
+  labels = first.copy()
+  for t in range(spread):
+    labels += values > midpoints[first + t]
+  return labels
+
+
+def _check_count(k: int, field: str) -> None:
+  if not (isinstance(k, numbers.Integral) and k >= 2):
+    raise ConfigError(f"{field}={k!r} is not a number of clusters; valid: an integer >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which layers share weights, into how many clusters, from which initialisation; checked on construction."""
+
+  k: PerLayerCount = 13  # Clusters per layer: one count, or (pattern, count) pairs, first fullmatch wins.
+  init: str = "linear"  # linear (the paper's best) | density | random | kmeans++.
+  max_iterations: int = 1000  # Lloyd iterations at most; cheap in 1-D.
+  patterns: Sequence[str] = prune.DEFAULT_PATTERNS  # Regexes (fullmatch) over parameter paths: what is shared.
+  seed: int = 0  # For the random and kmeans++ initialisations.
+
+  def __post_init__(self) -> None:
+    if self.init not in INITS:
+      raise ConfigError(f"share.init={self.init!r} is not an initialisation; valid: {', '.join(INITS)}")
+    if isinstance(self.k, numbers.Integral):
+      _check_count(self.k, "share.k")
+    else:
+      for pattern, k in self.k:
+        _check_count(k, f"share clusters for {pattern!r}")
+    if self.max_iterations < 1:
+      raise ConfigError(f"share.max_iterations={self.max_iterations!r}; valid: >= 1")
+
+  def clusters(self, name: str) -> int:
+    if isinstance(self.k, numbers.Integral):
+      return int(self.k)
+    for pattern, k in self.k:
+      if re.fullmatch(pattern, name):
+        return int(k)
+    raise ConfigError(f"no share cluster count matches {name!r}; end the list with ('.*', k)")
+
+
+def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, list[dict[str, Any]]]:
+  """The parameter tree with every selected kernel replaced by a SharedKernel of its surviving weights.
+
+  Returns the tree and one row per shared layer (JSON-able): clusters asked
+  and used, surviving weights, inertia, iterations. A layer with fewer
+  distinct surviving values than k gets one centroid per value, and says so.
+  """
+  selected = prune.select(params, plan.patterns, "share.patterns")
+  rows = []
+
+  def share_leaf(path, weights, mask, chosen):
+    if not chosen:
+      return weights
+    name = prune.path_name(path)
+    k = plan.clusters(name)
+    weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
+    result = kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
+    indices = np.zeros(weights.shape, index_dtype(k))
+    indices[mask] = result.labels
+    codebook = result.centroids.astype(np.float32) if result.centroids.size else np.zeros(1, np.float32)
+    rows.append({"layer": name, "k": k, "clusters": int(codebook.size), "weights": int(weights.size),
+                 "kept": int(mask.sum()), "inertia": result.inertia, "iterations": result.iterations,
+                 "converged": result.converged})
+    if result.centroids.size < k:
+      print(f"share: {name} has {result.centroids.size} distinct surviving values, fewer than k={k}: "
+            f"one centroid each", flush=True)
+    return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask))
+
+  shared = jax.tree_util.tree_map_with_path(share_leaf, params, masks, selected)
+  return shared, rows
+
+
+def materialize(shared: Params, reduction: str = "sum") -> Params:
+  """The plain parameter tree a flax module applies: each SharedKernel looked up, other leaves as they are."""
+  return jax.tree.map(lambda leaf: leaf.materialize(reduction) if is_shared(leaf) else leaf, shared,
+                      is_leaf=is_shared)
+
+
+def split(shared: Params) -> tuple[Params, Params]:
+  """(trainable, frozen): codebooks in place of SharedKernels, and the kernels without their codebooks."""
+  trainable = jax.tree.map(lambda leaf: leaf.codebook if is_shared(leaf) else leaf, shared, is_leaf=is_shared)
+  frozen = jax.tree.map(lambda leaf: leaf.replace(codebook=None) if is_shared(leaf) else None, shared,
+                        is_leaf=is_shared)
+  return trainable, frozen
+
+
+def merge(trainable: Params, frozen: Params) -> Params:
+  """The inverse of `split`."""
+  return jax.tree.map(lambda kernel, leaf: leaf if kernel is None else kernel.replace(codebook=leaf),
+                      frozen, trainable, is_leaf=lambda x: x is None or is_shared(x))
+
+
+class SharedTrainState(train.TrainState):
+  """Fine-tuning state: `params` holds codebooks where kernels are shared; their indices and masks are `frozen`.
+
+  Only `params` reaches the optimizer, so indices and masks cannot move and
+  pruned weights stay exactly 0. The model sees the materialised kernels.
+  """
+
+  frozen: Any
+  reduction: str = struct.field(pytree_node=False, default="sum")
+
+  def variables(self, params: Params) -> dict[str, Any]:
+    return {"params": materialize(merge(params, self.frozen), self.reduction), "batch_stats": self.batch_stats}
+
+  def shared_params(self) -> Params:
+    """The parameter tree with SharedKernel leaves, as `quantize` made it, with the fine-tuned codebooks."""
+    return merge(self.params, self.frozen)
+
+
+def finetune_optimizer(tx: optax.GradientTransformation, shared: Params,
+                       train_unshared: bool) -> optax.GradientTransformation:
+  """`tx` for the codebooks; for the other parameters (biases, BatchNorm) too, or nothing, by `train_unshared`."""
+  if train_unshared:
+    return tx
+  labels = jax.tree.map(lambda leaf: "codebook" if is_shared(leaf) else "frozen", shared, is_leaf=is_shared)
+  return optax.multi_transform({"codebook": tx, "frozen": optax.set_to_zero()}, labels)

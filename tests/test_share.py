@@ -1,0 +1,184 @@
+"""Weight sharing: 1-D k-means against scikit-learn, the codebook representation, centroid gradients, fine-tuning."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.cluster import KMeans
+
+from dc_jax import models, prune, share, train
+from dc_jax.errors import ConfigError
+
+
+def _pruned_like(n: int, seed: int = 0) -> np.ndarray:
+  """Normal weights with the middle cut out, as magnitude pruning leaves them (two lobes, a gap at 0)."""
+  w = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.05
+  return w[np.abs(w) > 0.05]
+
+
+@pytest.mark.parametrize("init", share.INITS)
+def test_each_initialisation_gives_sorted_distinct_centroids_within_the_range(init):
+  values = np.sort(_pruned_like(20_000)).astype(np.float64)
+  prefix = np.concatenate([[0.0], np.cumsum(values)])
+  centroids = share._initial_centroids(values, prefix, 32, init, np.random.default_rng(1))
+  chex.assert_shape(centroids, (32,))
+  assert np.all(np.diff(centroids) > 0)
+  assert centroids[0] >= values[0] and centroids[-1] <= values[-1]
+
+
+@pytest.mark.parametrize("init", share.INITS)
+def test_kmeans_reaches_scikit_learns_inertia_from_the_same_initial_centroids(init):
+  values = np.random.default_rng(0).standard_normal(30_000).astype(np.float32)
+  sorted_values = np.sort(values).astype(np.float64)
+  prefix = np.concatenate([[0.0], np.cumsum(sorted_values)])
+  start = share._initial_centroids(sorted_values, prefix, 16, init, np.random.default_rng(0))
+  reference = KMeans(16, init=start.reshape(-1, 1), n_init=1, algorithm="lloyd", tol=0.0,
+                     max_iter=1000).fit(values.reshape(-1, 1))
+  ours = share.kmeans_1d(values, 16, init, seed=0)
+  assert ours.converged
+  assert ours.inertia == pytest.approx(reference.inertia_, rel=1e-3)
+  np.testing.assert_allclose(ours.centroids, np.sort(reference.cluster_centers_.ravel()), atol=1e-4)
+
+
+def test_labels_are_the_nearest_centroid_and_the_inertia_is_their_squared_error():
+  values = np.concatenate([_pruned_like(5_000), np.float32([0.5, -0.5, 0.5])])
+  result = share.kmeans_1d(values, 13, "kmeans++", seed=3)
+  distances = np.abs(values[:, None].astype(np.float64) - result.centroids[None, :])
+  np.testing.assert_array_equal(distances[np.arange(values.size), result.labels], distances.min(axis=1))
+  errors = np.square(values - result.centroids[result.labels])
+  assert result.inertia == pytest.approx(errors.sum(), rel=1e-9)
+
+
+def test_linear_initialisation_puts_every_centroid_to_use_despite_the_pruning_gap():
+  values = _pruned_like(50_000)
+  start = np.linspace(values.min(), values.max(), 64)
+  assert np.sum((start > -0.05) & (start < 0.05)) > 10  # Many start in the gap, with no weight near them.
+  result = share.kmeans_1d(values, 64, "linear")
+  assert result.centroids.size == 64
+  assert np.bincount(result.labels, minlength=64).min() > 0
+
+
+def test_fewer_distinct_values_than_k_gives_one_exact_centroid_each():
+  values = np.float32([0.25, -1.0, 0.25, 3.0, -1.0])
+  result = share.kmeans_1d(values, 13)
+  np.testing.assert_array_equal(result.centroids, [-1.0, 0.25, 3.0])
+  np.testing.assert_array_equal(result.labels, [1, 0, 1, 2, 0])
+  assert result.inertia == 0.0
+
+
+def _pruned_lenet(kept: float = 0.1):
+  model = models.LeNet300100()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  masks = prune.layer_fraction(params, kept)
+  return model, prune.apply_masks(params, masks), masks
+
+
+def test_quantize_shares_only_the_selected_kernels_with_the_narrowest_index_dtype():
+  _, params, masks = _pruned_lenet()
+  plan = share.Plan(k=[("ip1/kernel", 256), (".*", 257)], patterns=(r"ip[12]/kernel",))
+  shared, rows = share.quantize(params, masks, plan)
+  assert share.is_shared(shared["ip1"]["kernel"]) and share.is_shared(shared["ip2"]["kernel"])
+  assert not share.is_shared(shared["ip3"]["kernel"])
+  assert shared["ip1"]["kernel"].indices.dtype == jnp.uint8
+  assert shared["ip2"]["kernel"].indices.dtype == jnp.uint16
+  assert [(r["layer"], r["k"], r["clusters"]) for r in rows] == [("ip1/kernel", 256, 256), ("ip2/kernel", 257, 257)]
+  dense = share.materialize(shared)
+  chex.assert_trees_all_equal_shapes(dense, params)
+  for name in ("ip1", "ip2"):
+    kernel, mask = shared[name]["kernel"], np.asarray(masks[name]["kernel"])
+    assert np.all(np.asarray(dense[name]["kernel"])[~mask] == 0.0)
+    assert np.all(np.asarray(kernel.indices)[~mask] == 0)
+    step = np.diff(np.asarray(kernel.codebook)).max()
+    assert np.abs(np.asarray(dense[name]["kernel"]) - np.asarray(params[name]["kernel"]))[mask].max() <= step / 2
+  chex.assert_trees_all_equal(dense["ip3"], params["ip3"])
+
+
+def test_split_then_merge_is_the_identity():
+  _, params, masks = _pruned_lenet()
+  shared, _ = share.quantize(params, masks, share.Plan(k=8))
+  trainable, frozen = share.split(shared)
+  chex.assert_shape(trainable["ip1"]["kernel"], (8,))
+  chex.assert_trees_all_equal(share.merge(trainable, frozen), shared)
+
+
+@pytest.mark.parametrize("reduction", share.REDUCTIONS)
+def test_centroid_gradient_is_the_segment_sum_of_its_weights_gradients(reduction):
+  keys = jax.random.split(jax.random.key(0), 4)
+  codebook = jnp.sort(jax.random.normal(keys[0], (7,)))
+  indices = jax.random.randint(keys[1], (40, 30), 0, 7).astype(jnp.uint8)
+  mask = jax.random.bernoulli(keys[2], 0.3, (40, 30))
+  target = jax.random.normal(keys[3], (40, 30))
+
+  def loss(lookup_fn, c):
+    return jnp.sum(jnp.sin(lookup_fn(c) * target))
+
+  ours = jax.grad(lambda c: loss(lambda c: share.lookup(c, indices, mask, reduction), c))(codebook)
+  autodiff = jax.grad(lambda c: loss(lambda c: jnp.where(mask, c[indices], 0.0), c))(codebook)
+  if reduction == "mean":
+    counts = np.bincount(np.asarray(indices)[np.asarray(mask)], minlength=7)
+    autodiff = autodiff / np.maximum(counts, 1)
+  chex.assert_trees_all_close(ours, autodiff, rtol=1e-5, atol=1e-6)
+
+
+def _finetune_state(train_unshared: bool = True):
+  model, params, masks = _pruned_lenet()
+  shared, _ = share.quantize(params, masks, share.Plan(k=16))
+  trainable, frozen = share.split(shared)
+  tx = share.finetune_optimizer(optax.sgd(0.01, momentum=0.9), shared, train_unshared)
+  state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, batch_stats={}, tx=tx, frozen=frozen)
+  return state, shared
+
+
+def _batch(seed: int):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.random((32, 28, 28, 1), np.float32)),
+          "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
+
+
+def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero():
+  state, shared = _finetune_state()
+  for step in range(3):
+    state, _ = train.train_step(state, _batch(step), jax.random.key(0))
+  _, frozen = share.split(shared)
+  chex.assert_trees_all_equal(state.frozen, frozen)  # Indices and masks, bit for bit.
+  assert not np.allclose(state.params["ip1"]["kernel"], shared["ip1"]["kernel"].codebook)
+  assert not np.allclose(state.params["ip1"]["bias"], shared["ip1"]["bias"])
+  dense = share.materialize(state.shared_params())
+  for name in ("ip1", "ip2", "ip3"):
+    mask = np.asarray(shared[name]["kernel"].mask)
+    assert np.all(np.asarray(dense[name]["kernel"])[~mask] == 0.0)
+    assert len(np.unique(np.asarray(dense[name]["kernel"])[mask])) <= 16
+
+
+def test_finetuning_without_unshared_leaves_biases_as_they_were():
+  state, shared = _finetune_state(train_unshared=False)
+  state, _ = train.train_step(state, _batch(0), jax.random.key(0))
+  chex.assert_trees_all_equal(state.params["ip1"]["bias"], shared["ip1"]["bias"])
+  assert not np.allclose(state.params["ip1"]["kernel"], shared["ip1"]["kernel"].codebook)
+
+
+def test_materialisation_is_traced_once_for_all_steps():
+  state, _ = _finetune_state()
+  state, _ = train.train_step(state, _batch(0), jax.random.key(0))
+  compiled = train.train_step._cache_size()
+  for step in range(1, 4):
+    state, _ = train.train_step(state, _batch(step), jax.random.key(0))
+  assert train.train_step._cache_size() == compiled
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"init": "uniform"}, "share.init='uniform'"),
+    ({"k": 1}, "share.k=1"),
+    ({"k": [("ip1/kernel", 0)]}, "'ip1/kernel'"),
+    ({"max_iterations": 0}, "share.max_iterations=0"),
+])
+def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    share.Plan(**fields)
+
+
+def test_index_dtype_is_the_narrowest_that_holds_k():
+  assert [share.index_dtype(k) for k in (2, 256, 257, 65536, 65537)] == [
+      np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
