@@ -1,6 +1,7 @@
 """Runs a dc_jax experiment.
 
   python launch.py --config configs/vgg19_k13.py [--workdir DIR] [--config.FIELD=VALUE ...]
+  python launch.py --config configs/lenet300.py --evaluate runs/lenet300/model.dcz
 """
 
 import sys
@@ -14,6 +15,8 @@ from dc_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results; default: runs/<config name>.")
+_EVALUATE = flags.DEFINE_string("evaluate", None, "A compressed model file (model.dcz) to evaluate on the "
+                                "config's test set, instead of running the stages.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -35,6 +38,10 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO; --verbosity=0 shows it.
   workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   try:
+    if _EVALUATE.value:
+      test = pipeline.evaluate_file(_CONFIG.value, _EVALUATE.value)
+      print(f"{_EVALUATE.value}: test accuracy {test['accuracy']:.4f} on {test['examples']} examples")
+      return
     results = pipeline.run(_CONFIG.value, workdir)
   except UserError as e:
     sys.exit(f"error: {e}")

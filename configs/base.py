@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50  # Train metrics into metrics.jsonl every this many steps.
   config.train.checkpoint_every_epochs = 1
 
-  config.stages = ("baseline", "pruned", "shared")  # Which stages to run, in pipeline order.
+  config.stages = ("baseline", "pruned", "shared", "encoded")  # Which stages to run, in pipeline order.
 
   config.prune = ml_collections.ConfigDict()
   config.prune.patterns = (r".*kernel",)  # Regexes (fullmatch) over paths like "ip1/kernel": what is pruned.
@@ -66,6 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.epochs = 2  # Fine-tuning epochs; the rest of the optimizer comes from train.* (no weight decay).
   config.share.learning_rate = 0.0005  # With summed gradients a centroid moves for all its weights at once.
   config.share.lr_schedule = "cosine"
+
+  config.codec = ml_collections.ConfigDict()
+  config.codec.index_bits = 0  # Bits per relative index; 0 = per layer, the width (2..8) of the smallest file (the paper: 5).
+  config.codec.layer_index_bits = ()  # ((regex, bits), ...): per-layer, first match wins; bits 0 = auto.
   return config
 
 

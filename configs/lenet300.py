@@ -1,9 +1,12 @@
-"""LeNet-300-100 on MNIST: the paper's dense reference (1.64% error), pruned to under 8% of its weights.
+"""LeNet-300-100 on MNIST, every stage: the paper's 40x at 1.58% error (dense reference: 1.64%).
 
-Pruned per layer as in Han et al.'s Table (ip1 8%, ip2 9%, ip3 26%), with ip1 and
-ip3 a little lower so that the total stays under the paper's 8%.
+Pruned per layer near Han et al.'s table (ip1 8%, ip2 9%, ip3 26%), with ip1 at
+7%: our codes take a little more per weight than the paper's (5.2 vs 4.4 Huffman
+bits per weight in ip1), and 7% makes up for it. Shared at the paper's 6 bits.
 
   python launch.py --config configs/lenet300.py --workdir runs/lenet300
+Measured (2-core CPU, 5 min): dense 98.97%, pruned to 7.29% 98.88%, shared
+98.94%, model.dcz 25,978 bytes = 41.1x smaller than float32, 98.94% from the file.
 """
 
 from configs import base
@@ -24,7 +27,7 @@ def get_config():
   config.train.lr_schedule = "cosine"
   config.prune.criterion = "layer"
   config.prune.rounds = 5
-  config.prune.kept_fraction = 0.075
+  config.prune.kept_fraction = 0.07
   config.prune.layer_kept_fractions = (("ip2/kernel", 0.09), ("ip3/kernel", 0.25))
   config.prune.epochs = 4
   config.prune.learning_rate = 0.01

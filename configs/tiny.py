@@ -15,4 +15,7 @@ def get_config():
   config.train.eval_batches = 2
   config.train.lr_decay_epochs = (1,)
   config.train.log_every_steps = 1
+  config.prune.rounds = 2
+  config.prune.epochs = 1
+  config.share.epochs = 1
   return config

@@ -1,8 +1,9 @@
 """The stages of Deep Compression in order, each resumable, recorded in `results.json`.
 
-Stages so far: `baseline` (dense training), `pruned` (iterative magnitude
-pruning with retraining) and `shared` (per-layer k-means, then fine-tuning the
-codebooks). Each trains from its own checkpoint folders under the
+Stages: `baseline` (dense training), `pruned` (iterative magnitude pruning
+with retraining), `shared` (per-layer k-means, then fine-tuning the codebooks)
+and `encoded` (relative indices and Huffman codes in a real file, read back and
+evaluated from that file). Each trains from its own checkpoint folders under the
 workdir, so rerunning the same command resumes where it stopped, and adds its
 entry under `stages` in `results.json`.
 """
@@ -10,8 +11,6 @@ entry under `stages` in `results.json`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 
-from dc_jax import data, models, prune, share, train
+from dc_jax import atomic, codec, data, models, prune, share, train
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
-STAGES = ("baseline", "pruned", "shared")
+STAGES = ("baseline", "pruned", "shared", "encoded")
+MODEL_FILE = "model.dcz"
+MAX_SHARE_BITS = share.MAX_CLUSTERS.bit_length() - 1
 
 
 def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
-  """Writes to a temporary file beside `path`, then renames: readers never see half a file."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(content, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  atomic.write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
 
 
 def record_stage(workdir: Path, stage: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +80,13 @@ def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan:
   """The `share.*` fields as a checked share.Plan: per-layer bits first, then bits, then k."""
-  default = 2 ** config.bits if config.bits > 0 else config.k
-  rules = [(pattern, 2 ** int(bits)) for pattern, bits in config.layer_bits]
+  def clusters(bits: int, field: str) -> int:
+    if not (isinstance(bits, int) and 1 <= bits <= MAX_SHARE_BITS):
+      raise ConfigError(f"{field}={bits!r} is not a number of bits; valid: 1..{MAX_SHARE_BITS}")
+    return 2 ** bits
+
+  default = clusters(config.bits, "share.bits") if config.bits else config.k
+  rules = [(pattern, clusters(bits, f"share.layer_bits[{pattern!r}]")) for pattern, bits in config.layer_bits]
   return share.Plan(k=[*rules, (".*", default)] if rules else default, init=config.init,
                     max_iterations=config.max_iterations, patterns=tuple(config.patterns), seed=seed)
 
@@ -176,6 +175,76 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   }
 
 
+def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
+  """The `codec.*` fields as codec.write takes them; 0 bits means "auto" (the smallest file per layer)."""
+  def width(bits):
+    return "auto" if bits == 0 else bits
+
+  if not config.layer_index_bits:
+    return width(config.index_bits)
+  return [*((pattern, width(bits)) for pattern, bits in config.layer_index_bits), (".*", width(config.index_bits))]
+
+
+def evaluate_variables(model: nn.Module, variables: dict[str, Any], dataset: data.Dataset,
+                       config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Test accuracy of `model` with variables as `codec.read` returns them (SharedKernels materialised)."""
+  state = train.TrainState.create(apply_fn=model.apply, params=share.materialize(variables["params"]),
+                                  batch_stats=variables.get("batch_stats", {}), tx=optax.identity())
+  return train.evaluate(state, dataset, config.eval_batch_size, config.eval_batches)
+
+
+def _check_decoded(written: Any, decoded: Any, path: Path) -> None:
+  """The file must give back exactly the tree written: same structure, dtypes and bits."""
+  leaves, structure = jax.tree.flatten(written)
+  decoded_leaves, decoded_structure = jax.tree.flatten(decoded)
+  same = structure == decoded_structure and all(
+      np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b) for a, b in zip(leaves, decoded_leaves))
+  if not same:
+    raise RuntimeError(f"{path} does not decode to the model it was written from")
+
+
+def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+                        state: share.SharedTrainState, workdir: Path) -> dict[str, Any]:
+  """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
+  path = workdir / MODEL_FILE
+  variables = {"params": state.shared_params(), "batch_stats": state.batch_stats}
+  summary = codec.write(path, variables, index_bits(config.codec))
+  decoded = codec.read(path)
+  _check_decoded(variables, decoded, path)
+  test = evaluate_variables(model, decoded, dataset, config.train)
+  print(codec.format_table(summary), flush=True)
+  return {
+      "test_accuracy": test["accuracy"],
+      "test_examples": test["examples"],
+      "file": MODEL_FILE,
+      "file_bytes": summary.totals["file_bytes"],
+      "dense_bytes": summary.totals["dense_bytes"],
+      "compression_ratio": summary.totals["compression"],
+      "layers": summary.layers,
+      "totals": summary.totals,
+  }
+
+
+def evaluate_file(config: ml_collections.ConfigDict, path: str | Path) -> dict[str, float]:
+  """Test accuracy of a compressed model file, for the config's model and data."""
+  dataset = data.load(config.data)
+  check_compatible(config.model, dataset)
+  model = models.create_model(config.model, dataset.num_classes)
+  variables = codec.read(path)
+  expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *dataset.image_shape))))
+  found = _shapes({"params": share.materialize(variables.get("params", {})),
+                   "batch_stats": variables.get("batch_stats", {})})
+  for name in sorted(expected.keys() | found.keys()):
+    if expected.get(name) != found.get(name):
+      raise DataError(f"{path} does not hold model.name={config.model.name!r}'s parameters: {name} is "
+                      f"{found.get(name, 'missing')} in the file, {expected.get(name, 'absent')} in the model")
+  return evaluate_variables(model, variables, dataset, config.train)
+
+
+def _shapes(variables: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+  return {prune.path_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+
+
 def format_sharing_table(layers: list[dict[str, Any]]) -> str:
   lines = [f"{'layer':<20}{'kept':>12}{'k':>6}{'used':>6}{'iterations':>12}{'inertia':>14}"]
   for row in layers:
@@ -209,6 +278,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     prune.select(abstract, pruning_plan(config.prune).patterns)  # A pattern matching nothing fails now.
   if "shared" in config.stages:
     prune.select(abstract, sharing_plan(config.share).patterns, "share.patterns")
+  if "encoded" in config.stages:
+    codec.check_index_bits(index_bits(config.codec))
   dataset = data.load(config.data)
   check_compatible(config.model, dataset)
   model = models.create_model(config.model, dataset.num_classes)
@@ -241,7 +312,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   if "shared" not in config.stages:
     return results
 
-  _, entry = share_and_finetune(config, dataset, state, workdir)
+  state, entry = share_and_finetune(config, dataset, state, workdir)
   print(format_sharing_table(entry["layers"]), flush=True)
   print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
-  return record_stage(workdir, "shared", entry)
+  results = record_stage(workdir, "shared", entry)
+  if "encoded" not in config.stages:
+    return results
+
+  return record_stage(workdir, "encoded", encode_and_evaluate(config, dataset, model, state, workdir))

@@ -28,6 +28,7 @@ from dc_jax.errors import ConfigError
 Params = Any
 INITS = ("linear", "density", "random", "kmeans++")
 REDUCTIONS = ("sum", "mean")
+MAX_CLUSTERS = 2 ** 16  # Indices are uint8 or uint16.
 # One cluster count for every selected layer, or (pattern, count) pairs where the first fullmatch wins.
 PerLayerCount = int | Sequence[tuple[str, int]]
 
@@ -80,11 +81,8 @@ def is_shared(leaf: Any) -> bool:
 
 
 def index_dtype(k: int) -> np.dtype:
-  """The narrowest unsigned integer dtype that holds indices 0..k-1."""
-  for dtype in (np.uint8, np.uint16, np.uint32):
-    if k - 1 <= np.iinfo(dtype).max:
-      return np.dtype(dtype)
-  raise ConfigError(f"k={k} clusters do not fit 32-bit indices")
+  """The narrowest unsigned integer dtype that holds indices 0..k-1: uint8, or uint16 up to MAX_CLUSTERS."""
+  return np.dtype(np.uint8 if k <= 256 else np.uint16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,8 +280,8 @@ def _labels(values: np.ndarray, sorted_values: np.ndarray, bounds: np.ndarray,
 
 
 def _check_count(k: int, field: str) -> None:
-  if not (isinstance(k, numbers.Integral) and k >= 2):
-    raise ConfigError(f"{field}={k!r} is not a number of clusters; valid: an integer >= 2")
+  if not (isinstance(k, numbers.Integral) and 2 <= k <= MAX_CLUSTERS):
+    raise ConfigError(f"{field}={k!r} is not a number of clusters; valid: an integer in 2..{MAX_CLUSTERS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,16 +44,24 @@ def _launch(*args, env_data_dir, cwd):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_launch_trains_on_real_cifar10_and_writes_results(shared_data_dir, tmp_path):
+def test_launch_runs_every_stage_on_real_cifar10_and_evaluates_the_file(shared_data_dir, tmp_path):
   workdir = tmp_path / "run"
   result = _launch(f"--config={ROOT / 'configs/tiny.py'}", f"--workdir={workdir}",
                    "--config.train.epochs=1", env_data_dir=shared_data_dir, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  baseline = json.loads((workdir / "results.json").read_text())["stages"]["baseline"]
-  assert baseline["steps"] == 3 and baseline["test_examples"] == 64
-  assert 0.0 <= baseline["test_accuracy"] <= 1.0
-  assert baseline["params"] > 0
+  stages = json.loads((workdir / "results.json").read_text())["stages"]
+  assert list(stages) == ["baseline", "pruned", "shared", "encoded"]
+  assert stages["baseline"]["steps"] == 3 and stages["baseline"]["test_examples"] == 64
+  assert 0.0 <= stages["baseline"]["test_accuracy"] <= 1.0
+  assert stages["baseline"]["params"] > 0
   assert (workdir / "baseline" / "3").is_dir()
+  assert stages["encoded"]["file_bytes"] == (workdir / "model.dcz").stat().st_size
+  assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
+
+  evaluated = _launch(f"--config={ROOT / 'configs/tiny.py'}", f"--evaluate={workdir / 'model.dcz'}",
+                      env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert f"test accuracy {stages['encoded']['test_accuracy']:.4f} on 64 examples" in evaluated.stdout
 
 
 def test_launch_reports_a_user_error_in_one_line_without_traceback(shared_data_dir, tmp_path):
@@ -63,6 +71,14 @@ def test_launch_reports_a_user_error_in_one_line_without_traceback(shared_data_d
   assert "Traceback" not in result.stderr
   assert "error: model.name='vgg' takes (32, 32, 3) images; data.name='mnist' has (28, 28, 1)" in result.stderr
   assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_launch_evaluate_names_a_missing_file_in_one_line(shared_data_dir, tmp_path):
+  result = _launch(f"--config={ROOT / 'configs/lenet300.py'}", f"--evaluate={tmp_path / 'none.dcz'}",
+                   env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'none.dcz'}: cannot read the compressed model: No such file or directory")
 
 
 def test_launch_rejects_a_misspelt_override_in_one_line(tmp_path):

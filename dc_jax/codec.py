@@ -1,0 +1,501 @@
+"""The compressed model file (Deep Compression Sec. 2 Fig. 2, Sec. 4): relative indices, Huffman coding, both ways.
+
+A weight-shared kernel is stored as a stream of entries, one per kept weight
+in neuron-major order plus fillers: each entry holds the jump from the previous entry's
+position (the first from position -1) in `index_bits` bits, and a weight
+symbol, 0 for a filler and i + 1 for cluster i. A jump longer than 2**b is
+split by fillers of 2**b each (as in the paper's Fig. 2, "span exceeds 8 = 2^3"
+for b = 3). Neuron-major is C order over the kernel with its last (output) axis
+moved first: Caffe's and PyTorch's (out, in, ...) layout that the paper coded,
+where one neuron's weights are contiguous; on LeNet-300-100's ip1 it codes
+the relative indices in 3.5 bits instead of 4.3. Both streams are Huffman
+coded per layer. Any other leaf is stored
+raw. docs/FORMAT.md gives the file byte by byte; `write` and `read` round-trip
+a Flax variables tree exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from dc_jax import atomic, huffman
+from dc_jax.errors import ConfigError, DataError
+from dc_jax.share import SharedKernel
+
+MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
+VERSION = 1
+MAX_INDEX_BITS = 16
+AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
+# One width for every shared layer, or (pattern, width) pairs where the first fullmatch wins; "auto" picks per layer.
+IndexBits = int | str | Sequence[tuple[str, int | str]]
+RAW, SHARED, EMPTY = 0, 1, 2  # Record kinds: a plain array, a SharedKernel, an empty dict.
+_RAW_KINDS = "biufc"  # numpy dtype kinds stored raw: bool, signed, unsigned, float, complex.
+_HEADER = struct.Struct("<8sHI")  # magic, version, record count; then the CRC32 of these 14 bytes.
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedLayer:
+  """A SharedKernel as its relative-index entries, Huffman coded: what one shared record holds."""
+
+  shape: tuple[int, ...]
+  index_dtype: np.dtype  # The kernel's indices dtype, restored on decoding.
+  codebook: np.ndarray  # float32[k].
+  index_bits: int  # b: each entry's jump is 1..2**b, stored as jump - 1.
+  entries: int  # Kept weights plus fillers.
+  weight_lengths: np.ndarray  # uint8 code lengths of weight symbols 0 (filler), 1..k (cluster + 1).
+  weight_payload: bytes
+  index_lengths: np.ndarray  # uint8 code lengths of the fields 0..2**b - 1 (jump - 1).
+  index_payload: bytes
+
+
+class Summary(NamedTuple):
+  """What `write` stored: one row per shared layer (the paper's Tables 2-5) and the totals, all plain Python."""
+
+  layers: list[dict[str, Any]]
+  totals: dict[str, Any]
+
+
+def _check_width(value: Any) -> None:
+  valid = value == "auto" or (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                              and 1 <= value <= MAX_INDEX_BITS)
+  if not valid:
+    raise ConfigError(f"codec.index_bits={value!r} is not an index width; "
+                      f"valid: an integer 1..{MAX_INDEX_BITS} or 'auto'")
+
+
+def check_index_bits(index_bits: IndexBits) -> None:
+  """Fails on a width outside 1..16 (or 'auto'), or on rules that are not (regex, width) pairs."""
+  if isinstance(index_bits, (numbers.Integral, str)):
+    return _check_width(index_bits)
+  if not isinstance(index_bits, Sequence) or not all(
+      isinstance(rule, Sequence) and len(rule) == 2 and isinstance(rule[0], str) for rule in index_bits):
+    raise ConfigError(f"codec.index_bits={index_bits!r} is not a width nor (regex, width) pairs")
+  for _, value in index_bits:
+    _check_width(value)
+
+
+def layer_index_bits(index_bits: IndexBits, name: str) -> int | str:
+  """The width `index_bits` gives the layer `name`."""
+  if isinstance(index_bits, (numbers.Integral, str)):
+    return index_bits
+  for pattern, value in index_bits:
+    if re.fullmatch(pattern, name):
+      return value
+  raise ConfigError(f"codec.index_bits has no pattern matching {name!r}; add one, e.g. ('.*', 5) last")
+
+
+def neuron_major(array: np.ndarray) -> np.ndarray:
+  """The kernel with its output axis first, the order positions are counted in (a view)."""
+  return np.moveaxis(array, -1, 0) if array.ndim > 1 else array
+
+
+def from_neuron_major(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """The inverse of `neuron_major` for a flat array of a kernel of `shape`."""
+  if len(shape) <= 1:
+    return array.reshape(shape)
+  return np.ascontiguousarray(np.moveaxis(array.reshape(shape[-1], *shape[:-1]), 0, -1))
+
+
+def _kernel_arrays(kernel: SharedKernel, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The kernel's (codebook, indices, mask) as numpy, checked so that decoding can restore them exactly."""
+  codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
+  if codebook.dtype != np.float32 or codebook.ndim != 1:
+    raise ValueError(f"{name}: codebook must be float32[k]; got {codebook.dtype}{list(codebook.shape)}")
+  if indices.dtype.kind != "u" or mask.dtype != bool or indices.shape != mask.shape:
+    raise ValueError(f"{name}: indices must be unsigned and mask bool, of one shape; "
+                     f"got {indices.dtype}{list(indices.shape)} and {mask.dtype}{list(mask.shape)}")
+  if codebook.size > np.iinfo(indices.dtype).max + 1:
+    raise ValueError(f"{name}: {indices.dtype} indices cannot address {codebook.size} clusters")
+  if np.any(indices[~mask]):
+    raise ValueError(f"{name}: indices must be 0 at pruned positions, or they would not survive the round trip")
+  if np.any(indices[mask] >= codebook.size):
+    raise ValueError(f"{name}: an index is >= the {codebook.size} clusters of the codebook")
+  return codebook, indices, mask
+
+
+def relative_entries(mask: np.ndarray, indices: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+  """(weight symbols, index fields) of the kept weights in C order, fillers inserted (paper Fig. 2).
+
+  A kept weight `gap` positions after the previous entry takes f = (gap - 1) >> b
+  fillers (symbol 0, field 2**b - 1, a jump of 2**b) and then its own entry
+  (symbol index + 1, field gap - 1 - f * 2**b).
+  """
+  kept = np.flatnonzero(np.ravel(mask))
+  gap = np.diff(kept, prepend=-1)
+  fillers = (gap - 1) >> index_bits
+  own = np.cumsum(fillers + 1) - 1  # Each kept weight's entry, after its fillers.
+  entries = int(own[-1]) + 1 if kept.size else 0
+  symbols = np.zeros(entries, np.int64)
+  symbols[own] = np.ravel(indices)[kept].astype(np.int64) + 1
+  fields = np.full(entries, (1 << index_bits) - 1, np.int64)
+  fields[own] = (gap - 1) & ((1 << index_bits) - 1)
+  return symbols, fields
+
+
+def absolute_positions(symbols: np.ndarray, fields: np.ndarray, size: int) -> np.ndarray:
+  """The flat positions of the kept weights (the non-filler entries); inverse of `relative_entries`."""
+  positions = np.cumsum(fields.astype(np.int64) + 1) - 1
+  kept = positions[symbols != 0]
+  if kept.size and kept[-1] >= size:
+    raise ValueError(f"the entries reach position {int(kept[-1])} of a kernel of {size} weights")
+  return kept
+
+
+def _stored_lengths(frequencies: np.ndarray) -> np.ndarray:
+  """Code lengths without the trailing zeros: the table a record stores."""
+  lengths = huffman.code_lengths(frequencies)
+  present = np.flatnonzero(lengths)
+  return lengths[:present[-1] + 1] if present.size else lengths[:0]
+
+
+def _auto_index_bits(mask: np.ndarray, indices: np.ndarray, k: int) -> int:
+  """The width in AUTO_INDEX_BITS with the fewest coded bytes (both streams and their code tables)."""
+  kept = np.flatnonzero(np.ravel(mask))
+  gap_1 = np.diff(kept, prepend=-1) - 1
+  clusters = np.bincount(np.ravel(indices)[kept].astype(np.int64) + 1, minlength=k + 1)
+
+  def coded_bytes(counts: np.ndarray) -> int:
+    lengths = _stored_lengths(counts)
+    return -(-huffman.coded_bits(counts[:lengths.size], lengths) // 8) + lengths.size
+
+  def size(bits: int) -> int:
+    fillers = int(np.sum(gap_1 >> bits))
+    weights = clusters.copy()
+    weights[0] = fillers
+    fields = np.bincount(gap_1 & ((1 << bits) - 1), minlength=1 << bits)
+    fields[-1] += fillers
+    return coded_bytes(weights) + coded_bytes(fields)
+
+  return min(AUTO_INDEX_BITS, key=size)
+
+
+def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
+                 name: str = "kernel") -> tuple[EncodedLayer, dict[str, Any]]:
+  """A SharedKernel as Huffman-coded relative-index entries, and its row of the paper's Tables 2-5.
+
+  Args:
+    kernel: the weight-shared kernel.
+    index_bits: b in 1..16, or "auto" for the b in 2..8 that codes smallest.
+    name: the layer's path, for messages.
+  """
+  _check_width(index_bits)
+  codebook, indices, mask = _kernel_arrays(kernel, name)
+  shape = tuple(int(d) for d in mask.shape)
+  indices, mask = neuron_major(indices), neuron_major(mask)
+  k = codebook.size
+  bits = _auto_index_bits(mask, indices, k) if index_bits == "auto" else int(index_bits)
+  symbols, fields = relative_entries(mask, indices, bits)
+  weight_counts = np.bincount(symbols, minlength=k + 1)
+  field_counts = np.bincount(fields, minlength=1 << bits)
+  weight_lengths, index_lengths = _stored_lengths(weight_counts), _stored_lengths(field_counts)
+  encoded = EncodedLayer(
+      shape=shape, index_dtype=indices.dtype, codebook=codebook, index_bits=bits,
+      entries=int(symbols.size), weight_lengths=weight_lengths,
+      weight_payload=huffman.encode(symbols, weight_lengths), index_lengths=index_lengths,
+      index_payload=huffman.encode(fields, index_lengths))
+  return encoded, layer_stats(encoded, weight_counts, field_counts, kept=int(mask.sum()))
+
+
+def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: np.ndarray,
+                kept: int) -> dict[str, Any]:
+  """The paper's per-layer columns (Tables 2-5); bits per weight or index are per entry, fillers included.
+
+  P+Q stores each weight symbol in ceil(log2(k + 1)) bits, one more code than
+  the k clusters for the filler, and each index in b bits; P+Q+H stores the
+  Huffman codes plus their code-length tables. Both add the float32 codebook.
+  """
+  size, k, entries = math.prod(encoded.shape), encoded.codebook.size, encoded.entries
+  weight_bits = huffman.coded_bits(weight_counts[:encoded.weight_lengths.size], encoded.weight_lengths)
+  index_bits = huffman.coded_bits(field_counts[:encoded.index_lengths.size], encoded.index_lengths)
+  table_bits = 8 * (encoded.weight_lengths.size + encoded.index_lengths.size)
+  fixed_width = k.bit_length()  # ceil(log2(k + 1)).
+  pq_bits = entries * (fixed_width + encoded.index_bits) + 32 * k
+  pqh_bits = weight_bits + index_bits + table_bits + 32 * k
+
+  def per_entry(bits: int) -> float:
+    return bits / entries if entries else 0.0
+
+  def rate(bits: int) -> float:
+    return 32 * size / bits if bits else math.inf
+
+  return {"weights": size, "kept": kept, "kept_fraction": kept / size if size else 0.0, "clusters": k,
+          "entries": entries, "fillers": entries - kept,
+          "weight_bits_pq": fixed_width, "weight_bits_pqh": per_entry(weight_bits),
+          "index_bits_pq": encoded.index_bits, "index_bits_pqh": per_entry(index_bits),
+          "weight_entropy": huffman.entropy(weight_counts), "index_entropy": huffman.entropy(field_counts),
+          "bits_pq": pq_bits, "bits_pqh": pqh_bits,
+          "compress_rate_pq": rate(pq_bits), "compress_rate_pqh": rate(pqh_bits), "codebook_bytes": 4 * k}
+
+
+def decode_layer(encoded: EncodedLayer) -> SharedKernel:
+  """The SharedKernel that `encode_layer` encoded, bit for bit; ValueError if the entries do not fit it."""
+  k, size = encoded.codebook.size, math.prod(encoded.shape)
+  symbols = huffman.decode(encoded.weight_payload, encoded.weight_lengths, encoded.entries)
+  fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
+  if symbols.size and int(symbols.max()) > k:
+    raise ValueError(f"weight symbol {int(symbols.max())} names no cluster of {k}")
+  if fields.size and int(fields.max()) >= 1 << encoded.index_bits:
+    raise ValueError(f"index field {int(fields.max())} does not fit {encoded.index_bits} bits")
+  kept = absolute_positions(symbols, fields, size)
+  mask = np.zeros(size, bool)
+  mask[kept] = True
+  indices = np.zeros(size, encoded.index_dtype)
+  indices[kept] = symbols[symbols != 0] - 1
+  return SharedKernel(codebook=encoded.codebook.copy(), indices=from_neuron_major(indices, encoded.shape),
+                      mask=from_neuron_major(mask, encoded.shape))
+
+
+# The file: struct packing on the way out, a bounds-checked reader on the way back.
+
+def _text(value: str, width: str = "H") -> bytes:
+  data = value.encode("utf-8")
+  return struct.pack(f"<{width}", len(data)) + data
+
+
+def _array_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+  return _text(dtype.str, "B") + struct.pack(f"<B{len(shape)}Q", len(shape), *shape)
+
+
+def _stream(lengths: np.ndarray, payload: bytes) -> bytes:
+  return struct.pack("<I", lengths.size) + lengths.astype(np.uint8).tobytes() + struct.pack("<Q", len(payload)) + payload
+
+
+def _record_body(keys: tuple[str, ...], leaf: Any, encoded: EncodedLayer | None) -> bytes:
+  """A record's body: the key path, the kind, and the leaf's data."""
+  body = struct.pack("<H", len(keys)) + b"".join(_text(key) for key in keys)
+  if encoded is not None:
+    return (body + struct.pack("<B", SHARED) + _array_header(encoded.index_dtype, encoded.shape)
+            + struct.pack("<IB", encoded.codebook.size, encoded.index_bits)
+            + encoded.codebook.astype("<f4").tobytes() + struct.pack("<Q", encoded.entries)
+            + _stream(encoded.weight_lengths, encoded.weight_payload)
+            + _stream(encoded.index_lengths, encoded.index_payload))
+  if leaf is traverse_util.empty_node:
+    return body + struct.pack("<B", EMPTY)
+  array = np.asarray(leaf)
+  little = array.dtype.newbyteorder("<")
+  data = array.astype(little, copy=False).tobytes()
+  return body + struct.pack("<B", RAW) + _array_header(little, array.shape) + struct.pack("<Q", len(data)) + data
+
+
+def _framed(body: bytes) -> bytes:
+  """length, body, CRC32 of both."""
+  head = struct.pack("<Q", len(body))
+  return head + body + struct.pack("<I", zlib.crc32(head + body))
+
+
+def _leaves(variables: Any) -> dict[tuple[str, ...], Any]:
+  """The tree's leaves by key path, in order, empty dicts included; fails on what cannot be stored."""
+  if not isinstance(variables, dict):
+    raise TypeError(f"variables must be a (nested) dict; got {type(variables).__name__}")
+  flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True)
+  for keys, leaf in flat.items():
+    name = "/".join(map(str, keys))
+    if not all(isinstance(key, str) for key in keys):
+      raise TypeError(f"{name}: dict keys must be strings; got {[type(key).__name__ for key in keys]}")
+    if isinstance(leaf, SharedKernel) or leaf is traverse_util.empty_node:
+      continue
+    if not isinstance(leaf, (np.ndarray, jax.Array)) or np.asarray(leaf).dtype.kind not in _RAW_KINDS:
+      kind = getattr(leaf, "dtype", type(leaf).__name__)
+      raise TypeError(f"{name}: cannot store a leaf of {kind}; valid: SharedKernel, or a numpy or jax "
+                      f"array of bool, integers, floats or complex")
+  return flat
+
+
+def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summary:
+  """Stores a Flax variables tree, SharedKernel leaves coded, others raw; returns what it took.
+
+  Everything is encoded in memory before the file is touched, so a bad leaf or
+  width leaves any existing file as it was.
+
+  Args:
+    path: the file to write (replaced atomically).
+    variables: nested dicts of SharedKernel and numpy/jax arrays, e.g. {"params": ..., "batch_stats": ...}.
+    index_bits: b for the relative indices: 1..16, "auto", or (regex, b) pairs over "/"-joined paths.
+  """
+  path = Path(path)
+  check_index_bits(index_bits)
+  flat = _leaves(variables)
+  records, layers, dense_bytes, raw_bytes = [], [], 0, 0
+  for keys, leaf in flat.items():
+    name = "/".join(keys)
+    encoded = None
+    if isinstance(leaf, SharedKernel):
+      encoded, row = encode_layer(leaf, layer_index_bits(index_bits, name), name)
+      dense_bytes += 4 * row["weights"]
+    elif leaf is not traverse_util.empty_node:
+      dense_bytes += np.asarray(leaf).nbytes
+      raw_bytes += np.asarray(leaf).nbytes
+    records.append(_framed(_record_body(keys, leaf, encoded)))
+    if encoded is not None:
+      layers.append({"layer": name, **row, "record_bytes": len(records[-1])})
+  header = _HEADER.pack(MAGIC, VERSION, len(records))
+  atomic.write_bytes(path, header + struct.pack("<I", zlib.crc32(header)) + b"".join(records))
+  file_bytes = path.stat().st_size
+  weights, kept = sum(r["weights"] for r in layers), sum(r["kept"] for r in layers)
+  pq_bits, pqh_bits = sum(r["bits_pq"] for r in layers), sum(r["bits_pqh"] for r in layers)
+  totals = {"weights": weights, "kept": kept, "kept_fraction": kept / weights if weights else 0.0,
+            "entries": sum(r["entries"] for r in layers),
+            "compress_rate_pq": 32 * weights / pq_bits if pq_bits else math.inf,
+            "compress_rate_pqh": 32 * weights / pqh_bits if pqh_bits else math.inf,
+            "raw_bytes": raw_bytes, "dense_bytes": dense_bytes, "file_bytes": file_bytes,
+            "compression": dense_bytes / file_bytes}
+  return Summary(layers, totals)
+
+
+class _Reader:
+  """Reads fields off a byte string; running past its end is a DataError naming the file and record."""
+
+  def __init__(self, data: bytes | memoryview, where: str):
+    self.data, self.offset, self.where = memoryview(data), 0, where
+
+  def take(self, size: int) -> memoryview:
+    if size > len(self.data) - self.offset:
+      raise DataError(f"{self.where}: truncated: needs {size} bytes at offset {self.offset}, "
+                      f"{len(self.data) - self.offset} left")
+    self.offset += size
+    return self.data[self.offset - size:self.offset]
+
+  def unpack(self, fmt: str) -> tuple:
+    return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+  def text(self, width: str = "H") -> str:
+    (size,) = self.unpack(width)
+    try:
+      return bytes(self.take(size)).decode("utf-8")
+    except UnicodeDecodeError as error:
+      raise DataError(f"{self.where}: a name is not UTF-8: {error}") from error
+
+  def dtype(self, kinds: str) -> np.dtype:
+    name = self.text("B")
+    try:
+      dtype = np.dtype(name)
+    except (TypeError, ValueError) as error:
+      raise DataError(f"{self.where}: unknown dtype {name!r}") from error
+    if dtype.kind not in kinds:
+      raise DataError(f"{self.where}: dtype {name!r} is not one of the kinds {kinds!r}")
+    return dtype
+
+  def stream(self) -> tuple[np.ndarray, bytes]:
+    (size,) = self.unpack("I")
+    lengths = np.frombuffer(self.take(size), np.uint8).copy()
+    (payload,) = self.unpack("Q")
+    return lengths, bytes(self.take(payload))
+
+
+def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
+  """A record body back into (key path, leaf)."""
+  reader = _Reader(body, where)
+  (depth,) = reader.unpack("H")
+  keys = tuple(reader.text() for _ in range(depth))
+  where = f"{where} ({'/'.join(keys)!r})"
+  reader.where = where
+  (kind,) = reader.unpack("B")
+  if kind == EMPTY:
+    leaf = traverse_util.empty_node
+  elif kind in (RAW, SHARED):
+    dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u")
+    (ndim,) = reader.unpack("B")
+    shape = reader.unpack(f"{ndim}Q")
+    if kind == RAW:
+      (size,) = reader.unpack("Q")
+      if size != math.prod(shape) * dtype.itemsize:
+        raise DataError(f"{where}: {size} bytes do not hold {dtype}{list(shape)}")
+      leaf = np.frombuffer(reader.take(size), dtype).reshape(shape).copy()
+    else:
+      k, bits = reader.unpack("IB")
+      codebook = np.frombuffer(reader.take(4 * k), "<f4").astype(np.float32)
+      (entries,) = reader.unpack("Q")
+      weight_lengths, weight_payload = reader.stream()
+      index_lengths, index_payload = reader.stream()
+      if not 1 <= bits <= MAX_INDEX_BITS or k > np.iinfo(dtype).max + 1:
+        raise DataError(f"{where}: index width {bits} or {k} clusters for {dtype} indices is not valid")
+      try:
+        leaf = decode_layer(EncodedLayer(shape, dtype, codebook, bits, entries, weight_lengths, weight_payload,
+                                         index_lengths, index_payload))
+      except ValueError as error:
+        raise DataError(f"{where}: {error}") from error
+  else:
+    raise DataError(f"{where}: unknown record kind {kind}; valid: {RAW} raw, {SHARED} shared, {EMPTY} empty dict")
+  if reader.offset != len(body):
+    raise DataError(f"{where}: {len(body) - reader.offset} bytes left over after the record's fields")
+  return keys, leaf
+
+
+def _stored_name(body: memoryview) -> str:
+  """The key path at the start of a body that failed its CRC, as far as it can be read."""
+  try:
+    reader = _Reader(body, "")
+    (depth,) = reader.unpack("H")
+    return "/".join(bytes(reader.take(reader.unpack("H")[0])).decode("utf-8", "replace") for _ in range(depth))
+  except DataError:
+    return "?"
+
+
+def read(path: str | Path) -> dict[str, Any]:
+  """The variables tree `write` stored: numpy arrays and SharedKernels of numpy arrays, bit for bit.
+
+  Raises DataError, naming the file and the record, on a wrong magic or version,
+  a truncated file, a CRC mismatch, or bytes after the last record.
+  """
+  path = Path(path)
+  try:
+    data = memoryview(path.read_bytes())
+  except OSError as error:
+    raise DataError(f"{path}: cannot read the compressed model: {error.strerror}") from error
+  reader = _Reader(data, f"{path}: header")
+  magic, version, count = reader.unpack(_HEADER.format[1:])
+  if magic != MAGIC:
+    raise DataError(f"{path}: not a dc_jax compressed model: starts with {bytes(magic)!r}, not {MAGIC!r}")
+  (crc,) = reader.unpack("I")
+  if crc != zlib.crc32(data[:_HEADER.size]):
+    raise DataError(f"{path}: header CRC mismatch: the file is corrupt")
+  if version != VERSION:
+    raise DataError(f"{path}: format version {version}; this reader knows version {VERSION}")
+  flat = {}
+  for i in range(count):
+    reader.where = f"{path}: record {i}"
+    start = reader.offset
+    (size,) = reader.unpack("Q")
+    body = reader.take(size)
+    (crc,) = reader.unpack("I")
+    if crc != zlib.crc32(data[start:reader.offset - 4]):
+      raise DataError(f"{path}: record {i} ({_stored_name(body)!r}) is corrupt: CRC32 mismatch")
+    keys, leaf = _parse_record(body, f"{path}: record {i}")
+    flat[keys] = leaf
+  if reader.offset != len(data):
+    raise DataError(f"{path}: {len(data) - reader.offset} trailing bytes after the last of {count} records")
+  return traverse_util.unflatten_dict(flat)
+
+
+def format_table(summary: Summary) -> str:
+  """The paper's Tables 2-5 for the shared layers, then the file's size against dense float32.
+
+  Beside each Huffman column, the stream's entropy: the bound the code approaches.
+  """
+  head = (f"{'layer':<24}{'#weights':>11}{'kept%':>8}{'w bits':>8}{'w bits':>8}{'w':>8}{'i bits':>8}"
+          f"{'i bits':>8}{'i':>8}{'rate':>9}{'rate':>9}\n{'':<43}{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}"
+          f"{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}{'(P+Q)':>9}{'(P+Q+H)':>9}")
+  lines = [head]
+  for r in summary.layers:
+    lines.append(f"{r['layer']:<24}{r['weights']:>11,}{r['kept_fraction']:>8.1%}{r['weight_bits_pq']:>8}"
+                 f"{r['weight_bits_pqh']:>8.2f}{r['weight_entropy']:>8.2f}{r['index_bits_pq']:>8}"
+                 f"{r['index_bits_pqh']:>8.2f}{r['index_entropy']:>8.2f}"
+                 f"{r['compress_rate_pq']:>8.1f}x{r['compress_rate_pqh']:>8.1f}x")
+  t = summary.totals
+  lines.append(f"{'total':<24}{t['weights']:>11,}{t['kept_fraction']:>8.1%}{'':>48}"
+               f"{t['compress_rate_pq']:>8.1f}x{t['compress_rate_pqh']:>8.1f}x")
+  lines.append(f"file {t['file_bytes']:,} bytes; dense float32 {t['dense_bytes']:,} bytes: "
+               f"{t['compression']:.1f}x smaller")
+  return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""The compressed model file: relative indices with fillers, exact round trips, statistics, corruption, atomicity."""
+
+import json
+import math
+import os
+import struct
+import zlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dc_jax import codec, huffman
+from dc_jax.errors import ConfigError, DataError
+from dc_jax.share import SharedKernel
+
+
+def shared_kernel(seed: int, shape: tuple[int, ...], k: int, kept_fraction: float) -> SharedKernel:
+  """A random SharedKernel: peaked cluster choice, `kept_fraction` of the weights kept at random."""
+  rng = np.random.default_rng(seed)
+  mask = rng.random(shape) < kept_fraction
+  p = np.exp(-0.5 * ((np.arange(k) - k / 2) / max(k / 6, 0.5)) ** 2)
+  indices = np.where(mask, rng.choice(k, shape, p=p / p.sum()), 0).astype(np.uint8 if k <= 256 else np.uint16)
+  return SharedKernel(codebook=np.sort(rng.standard_normal(k)).astype(np.float32), indices=indices, mask=mask)
+
+
+def assert_same_leaves(a, b) -> None:
+  """Same structure, and every array equal bit for bit with the same dtype and shape."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes()
+
+
+def mixed_tree(seed: int = 0) -> dict:
+  """VGG-like variables: shared kernels, raw float32 biases, BatchNorm statistics, a jax leaf, an empty dict."""
+  rng = np.random.default_rng(seed)
+  return {
+      "params": {
+          "conv1": {"kernel": shared_kernel(seed, (3, 3, 3, 16), 256, 0.6),
+                    "bias": rng.standard_normal(16).astype(np.float32)},
+          "bn1": {"scale": jnp.ones(16), "bias": np.zeros(16, np.float32)},
+          "fc1": {"kernel": shared_kernel(seed + 1, (400, 120), 32, 0.04),
+                  "bias": rng.standard_normal(120).astype(np.float32)},
+          "head": {"kernel": shared_kernel(seed + 2, (120, 10), 1000, 0.3)},
+      },
+      "batch_stats": {"bn1": {"mean": rng.standard_normal(16).astype(np.float32),
+                              "var": rng.random(16).astype(np.float32)}},
+      "counters": {"step": np.array(7, np.int64), "flags": np.array([True, False])},
+      "unused": {},
+  }
+
+
+@pytest.fixture
+def model_file(tmp_path):
+  path = tmp_path / "model.dcz"
+  codec.write(path, mixed_tree())
+  return path
+
+
+def test_relative_entries_insert_fillers_as_in_figure_2():
+  mask = np.zeros(20, bool)
+  mask[[1, 4, 15]] = True
+  indices = np.zeros(20, np.uint8)
+  indices[[1, 4, 15]] = [3, 0, 7]
+  symbols, fields = codec.relative_entries(mask, indices, index_bits=3)
+  # Jumps 2, 3, then 11 = a filler of 8 + 3.
+  np.testing.assert_array_equal(symbols, [4, 1, 0, 8])
+  np.testing.assert_array_equal(fields, [1, 2, 7, 2])
+  np.testing.assert_array_equal(codec.absolute_positions(symbols, fields, 20), [1, 4, 15])
+
+
+def test_a_gap_far_longer_than_2_to_the_b_takes_one_filler_per_2_to_the_b():
+  mask = np.zeros(10_000, bool)
+  mask[9_999] = True
+  symbols, fields = codec.relative_entries(mask, np.zeros(10_000, np.uint8), index_bits=2)
+  assert symbols.size == 9_999 // 4 + 1 and np.all(symbols[:-1] == 0) and symbols[-1] == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       shape=st.lists(st.integers(0, 40), min_size=0, max_size=3).map(tuple),
+       kept_fraction=st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.5, 0.9, 1.0]),
+       k=st.integers(2, 256), index_bits=st.sampled_from([1, 2, 3, 4, 5, 8, 16, "auto"]))
+def test_decode_layer_inverts_encode_layer(seed, shape, kept_fraction, k, index_bits):
+  kernel = shared_kernel(seed, shape, k, kept_fraction)
+  encoded, stats = codec.encode_layer(kernel, index_bits)
+  assert_same_leaves(codec.decode_layer(encoded), kernel)
+  assert stats["kept"] == int(np.sum(kernel.mask)) and stats["entries"] == encoded.entries
+
+
+@pytest.mark.parametrize("kept", [[], [0], [2_500], [4_999]], ids=["all-pruned", "first", "middle", "last"])
+def test_all_pruned_and_single_weight_layers_round_trip(kept):
+  mask = np.zeros((50, 100), bool)
+  mask.ravel()[kept] = True
+  indices = np.where(mask, 31, 0).astype(np.uint8)
+  kernel = SharedKernel(codebook=np.linspace(-1, 1, 32, dtype=np.float32), indices=indices, mask=mask)
+  for bits in (1, 5, 8):
+    assert_same_leaves(codec.decode_layer(codec.encode_layer(kernel, bits)[0]), kernel)
+
+
+def test_more_than_256_clusters_round_trip_as_uint16():
+  kernel = shared_kernel(0, (64, 64), 4000, 0.3)
+  decoded = codec.decode_layer(codec.encode_layer(kernel, 4)[0])
+  assert decoded.indices.dtype == np.uint16
+  assert_same_leaves(decoded, kernel)
+
+
+def test_auto_picks_the_width_with_the_fewest_coded_bytes():
+  kernel = shared_kernel(1, (300, 200), 32, 0.05)
+
+  def coded_bytes(bits):
+    encoded, _ = codec.encode_layer(kernel, bits)
+    return (len(encoded.weight_payload) + len(encoded.index_payload) + encoded.weight_lengths.size
+            + encoded.index_lengths.size)
+
+  auto, _ = codec.encode_layer(kernel, "auto")
+  assert coded_bytes("auto") == min(coded_bytes(bits) for bits in codec.AUTO_INDEX_BITS)
+  assert auto.index_bits in codec.AUTO_INDEX_BITS
+
+
+def test_layer_statistics_follow_the_paper_columns():
+  kernel = shared_kernel(2, (500, 300), 32, 0.08)
+  encoded, row = codec.encode_layer(kernel, 5)
+  entries, k = encoded.entries, 32
+  assert row["weight_bits_pq"] == 6  # 32 clusters + the filler symbol.
+  assert row["index_bits_pq"] == 5
+  assert row["compress_rate_pq"] == pytest.approx(32 * 150_000 / (entries * (6 + 5) + 32 * k))
+  huffman_bits = 8 * (len(encoded.weight_payload) + len(encoded.index_payload))
+  assert row["weight_bits_pqh"] * entries + row["index_bits_pqh"] * entries == pytest.approx(huffman_bits, abs=16)
+  assert row["weight_entropy"] <= row["weight_bits_pqh"] < row["weight_entropy"] + 1
+  assert row["index_entropy"] <= row["index_bits_pqh"] < row["index_entropy"] + 1
+  assert row["compress_rate_pqh"] > row["compress_rate_pq"]
+
+
+def test_file_round_trip_restores_the_exact_tree(tmp_path):
+  tree = mixed_tree()
+  path = tmp_path / "model.dcz"
+  summary = codec.write(path, tree, index_bits=[(r".*conv.*", 8), (r".*", "auto")])
+  back = codec.read(path)
+  assert_same_leaves(back, tree)
+  assert list(back) == list(tree) and list(back["params"]) == list(tree["params"])
+  assert back["unused"] == {}
+  assert isinstance(back["params"]["fc1"]["kernel"], SharedKernel)
+  assert isinstance(back["params"]["bn1"]["scale"], np.ndarray)
+  assert [row["layer"] for row in summary.layers] == ["params/conv1/kernel", "params/fc1/kernel",
+                                                      "params/head/kernel"]
+  assert summary.layers[0]["index_bits_pq"] == 8
+
+
+def test_summary_totals_are_json_and_match_the_file(model_file, tmp_path):
+  summary = codec.write(tmp_path / "again.dcz", mixed_tree())
+  json.loads(json.dumps(summary._asdict()))
+  totals = summary.totals
+  assert totals["file_bytes"] == os.path.getsize(tmp_path / "again.dcz") == os.path.getsize(model_file)
+  assert totals["compression"] == pytest.approx(totals["dense_bytes"] / totals["file_bytes"])
+  table = codec.format_table(summary)
+  assert "params/fc1/kernel" in table and "total" in table and "(P+Q+H)" in table
+
+
+def test_dense_bytes_count_kernels_as_float32_and_raw_leaves_as_stored(tmp_path):
+  kernel = shared_kernel(0, (100, 10), 16, 0.1)
+  tree = {"w": kernel, "b": np.zeros(10, np.float32), "n": np.zeros(3, np.int64)}
+  totals = codec.write(tmp_path / "m.dcz", tree).totals
+  assert totals["dense_bytes"] == 4 * 1000 + 4 * 10 + 8 * 3
+  assert totals["raw_bytes"] == 4 * 10 + 8 * 3
+
+
+def test_flipped_payload_byte_names_the_record(model_file):
+  data = bytearray(model_file.read_bytes())
+  data[-40] ^= 0xFF  # Inside the last record: "unused" is last, so this is in counters/flags or before.
+  model_file.write_bytes(bytes(data))
+  with pytest.raises(DataError, match=r"record \d+ \('.*'\) is corrupt: CRC32") as error:
+    codec.read(model_file)
+  assert str(model_file) in str(error.value)
+
+
+def test_flipped_byte_in_a_shared_kernel_names_its_path(tmp_path):
+  path = tmp_path / "m.dcz"
+  codec.write(path, {"fc": {"kernel": shared_kernel(0, (200, 100), 32, 0.1)}})
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+  with pytest.raises(DataError, match=r"record 0 \('fc/kernel'\) is corrupt"):
+    codec.read(path)
+
+
+def test_truncated_file_fails(model_file):
+  data = model_file.read_bytes()
+  for size in (5, 30, len(data) - 1):
+    model_file.write_bytes(data[:size])
+    with pytest.raises(DataError, match="truncated"):
+      codec.read(model_file)
+
+
+def test_bad_magic_fails(model_file):
+  model_file.write_bytes(b"PK\x03\x04" + model_file.read_bytes()[4:])
+  with pytest.raises(DataError, match="not a dc_jax compressed model"):
+    codec.read(model_file)
+
+
+def test_unknown_version_fails(model_file):
+  data = bytearray(model_file.read_bytes())
+  data[8:10] = struct.pack("<H", 99)
+  data[14:18] = struct.pack("<I", zlib.crc32(bytes(data[:14])))
+  model_file.write_bytes(bytes(data))
+  with pytest.raises(DataError, match="format version 99"):
+    codec.read(model_file)
+
+
+def test_trailing_bytes_fail(model_file):
+  model_file.write_bytes(model_file.read_bytes() + b"\x00")
+  with pytest.raises(DataError, match="1 trailing bytes"):
+    codec.read(model_file)
+
+
+@pytest.mark.parametrize("leaf", ["a string", [1.0, 2.0], np.array(["a"]), np.array([None])])
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(model_file, leaf):
+  good = model_file.read_bytes()
+  before = sorted(os.listdir(model_file.parent))
+  with pytest.raises(TypeError, match="params/odd"):
+    codec.write(model_file, {"params": {"odd": leaf}})
+  with pytest.raises(TypeError):
+    codec.write(model_file.parent / "new.dcz", {"params": {"odd": leaf}})
+  assert sorted(os.listdir(model_file.parent)) == before
+  assert model_file.read_bytes() == good
+
+
+def test_an_error_while_writing_removes_the_temporary_file(model_file, monkeypatch):
+  good = model_file.read_bytes()
+
+  def failing_fsync(fd):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(os, "fsync", failing_fsync)
+  with pytest.raises(OSError, match="disk full"):
+    codec.write(model_file, mixed_tree(1))
+  assert os.listdir(model_file.parent) == [model_file.name]
+  assert model_file.read_bytes() == good
+
+
+@pytest.mark.parametrize("index_bits", [0, 17, 5.0, True, "five", [("fc.*", 33)], [(".*",)]])
+def test_bad_index_bits_fail_naming_the_value(tmp_path, index_bits):
+  with pytest.raises(ConfigError, match="index_bits"):
+    codec.write(tmp_path / "m.dcz", mixed_tree(), index_bits)
+  assert not os.listdir(tmp_path)
+
+
+def test_index_bit_rules_must_cover_every_shared_layer(tmp_path):
+  with pytest.raises(ConfigError, match="no pattern matching 'params/fc1/kernel'"):
+    codec.write(tmp_path / "m.dcz", mixed_tree(), [(r".*conv.*", 4), (r".*head.*", 4)])
+
+
+def test_nonzero_index_at_a_pruned_position_is_rejected():
+  kernel = shared_kernel(0, (10, 10), 4, 0.5)
+  indices = np.asarray(kernel.indices).copy()
+  indices[~np.asarray(kernel.mask)] = 1
+  with pytest.raises(ValueError, match="0 at pruned positions"):
+    codec.encode_layer(kernel.replace(indices=indices), 5, name="fc/kernel")
+
+
+def test_jax_arrays_come_back_as_numpy_with_the_same_values(tmp_path):
+  kernel = shared_kernel(3, (30, 20), 8, 0.2)
+  tree = {"k": SharedKernel(jnp.asarray(kernel.codebook), jnp.asarray(kernel.indices), jnp.asarray(kernel.mask)),
+          "b": jnp.arange(5, dtype=jnp.float32)}
+  codec.write(tmp_path / "m.dcz", tree)
+  back = codec.read(tmp_path / "m.dcz")
+  assert_same_leaves(back, tree)
+  chex.assert_trees_all_equal(back["k"].materialize(), tree["k"].materialize())
+  assert isinstance(back["b"], np.ndarray)
+
+
+def test_compression_of_a_lenet_like_tree_beats_pruning_alone(tmp_path):
+  """~8% kept, 32 clusters, 5-bit indices: the file must be well past the 12x that pruning alone gives."""
+  tree = {"ip1": {"kernel": shared_kernel(0, (784, 300), 32, 0.08), "bias": np.zeros(300, np.float32)},
+          "ip2": {"kernel": shared_kernel(1, (300, 100), 32, 0.09), "bias": np.zeros(100, np.float32)}}
+  totals = codec.write(tmp_path / "m.dcz", tree, 5).totals
+  assert totals["compression"] > 25
+  assert math.isfinite(totals["compress_rate_pqh"])
+
+
+def test_positions_count_in_neuron_major_order_as_caffe_and_pytorch_lay_kernels_out():
+  mask = np.zeros((3, 2), bool)  # Flax's (in, out): the only kept weight is input 0 of neuron 1.
+  mask[0, 1] = True
+  kernel = SharedKernel(codebook=np.float32([0.5, 1.0]), indices=mask.astype(np.uint8), mask=mask)
+  encoded, _ = codec.encode_layer(kernel, index_bits=5)
+  fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
+  assert fields.tolist() == [3]  # Position 3 of (out, in) = [[0, 0, 0], [1, 0, 0]]: a jump of 4 from -1.
+  assert_same_leaves(codec.decode_layer(encoded), kernel)
