@@ -98,12 +98,13 @@ def _initial_centroids(sorted_values: np.ndarray, prefix: np.ndarray, k: int, in
                        rng: np.random.Generator) -> np.ndarray:
   """k sorted initial centroids within [min, max] (the paper's Fig. 4), from values with more than k distinct."""
   if init == "linear":
-    return np.linspace(sorted_values[0], sorted_values[-1], k)
+    return np.linspace(float(sorted_values[0]), float(sorted_values[-1]), k)
   if init == "density":
     # Evenly spaced on the y-axis of the CDF, then read off its x-axis.
-    return np.interp(np.linspace(0.0, sorted_values.size - 1, k), np.arange(sorted_values.size), sorted_values)
+    return np.interp(np.linspace(0.0, sorted_values.size - 1, k), np.arange(sorted_values.size),
+                     sorted_values.astype(np.float64))
   if init == "random":
-    return np.sort(rng.choice(_distinct(sorted_values), size=k, replace=False))
+    return np.sort(rng.choice(_distinct(sorted_values), size=k, replace=False)).astype(np.float64)
   if init == "kmeans++":
     return _kmeans_plus_plus(sorted_values, prefix, k, rng)
   raise ConfigError(f"share.init={init!r} is not an initialisation; valid: {', '.join(INITS)}")
@@ -116,13 +117,23 @@ def _distinct(sorted_values: np.ndarray) -> np.ndarray:
   return sorted_values[keep]
 
 
+def _thresholds(centroids: np.ndarray) -> np.ndarray:
+  """The k - 1 midpoints rounded down to float32: a float32 x is <= a midpoint exactly when <= its threshold.
+
+  So the float32 weights are compared with float32 numbers, never copied to float64.
+  """
+  midpoints = (centroids[:-1] + centroids[1:]) / 2
+  rounded = midpoints.astype(np.float32)
+  return np.where(rounded > midpoints, np.nextafter(rounded, np.float32(-np.inf)), rounded)
+
+
 def _cluster_bounds(sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
   """k + 1 positions in the sorted values: cluster j is [bounds[j], bounds[j+1]).
 
   A value exactly between two centroids goes to the lower one, as in an argmin.
   """
-  midpoints = (centroids[:-1] + centroids[1:]) / 2
-  return np.concatenate([[0], np.searchsorted(sorted_values, midpoints, side="right"), [sorted_values.size]])
+  inner = np.searchsorted(sorted_values, _thresholds(centroids), side="right")
+  return np.concatenate([[0], inner, [sorted_values.size]])
 
 
 def _kmeans_plus_plus(sorted_values: np.ndarray, prefix: np.ndarray, k: int,
@@ -133,7 +144,7 @@ def _kmeans_plus_plus(sorted_values: np.ndarray, prefix: np.ndarray, k: int,
   read off the prefix sums; the sampled value is found by bisection on the
   (monotone) cumulative mass inside its region.
   """
-  squares = np.concatenate([[0.0], np.cumsum(np.square(sorted_values))])
+  squares = _prefix_sums(np.square(sorted_values, dtype=np.float64))
   n = sorted_values.size
   centres = np.array([sorted_values[rng.integers(n)]])
   while centres.size < k:
@@ -206,10 +217,10 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
   values = np.asarray(values, np.float32).ravel()
   if values.size == 0:
     return KMeansResult(np.zeros(0), np.zeros(0, np.int32), 0.0, 0, True)
-  if not np.all(np.isfinite(values)):
+  sorted_values = np.sort(values)
+  if not (np.isfinite(sorted_values[0]) and np.isfinite(sorted_values[-1])):  # NaN sorts last.
     raise ValueError("k-means input has NaN or Inf values")
-  sorted_values = np.sort(values).astype(np.float64)
-  prefix = np.concatenate([[0.0], np.cumsum(sorted_values)])
+  prefix = _prefix_sums(sorted_values)
   if 1 + np.count_nonzero(sorted_values[1:] != sorted_values[:-1]) <= k:
     return _assign(values, sorted_values, prefix, _distinct(sorted_values), 0, True)
   centroids = _initial_centroids(sorted_values, prefix, k, init, np.random.default_rng(seed))
@@ -226,9 +237,16 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
     centroids = np.where(empty, centroids, means)
     if empty.any():
       if squares is None:
-        squares = np.concatenate([[0.0], np.cumsum(np.square(sorted_values))])
+        squares = _prefix_sums(np.square(sorted_values, dtype=np.float64))
       centroids = np.sort(_split_largest(sorted_values, prefix, squares, centroids, bounds, empty))
   return _assign(values, sorted_values, prefix, centroids, iterations, converged)
+
+
+def _prefix_sums(values: np.ndarray) -> np.ndarray:
+  """[0, x0, x0 + x1, ...] accumulated in float64: float32 sums misplace points near cluster boundaries."""
+  prefix = np.zeros(values.size + 1)
+  np.cumsum(values, dtype=np.float64, out=prefix[1:])
+  return prefix
 
 
 def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: np.ndarray, centroids: np.ndarray,
@@ -242,41 +260,46 @@ def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: np.ndarray, c
   counts = np.diff(bounds)
   centroids, bounds, counts = centroids[counts > 0], np.concatenate([[0], bounds[1:][counts > 0]]), counts[counts > 0]
   sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-  inertia = max(float(np.dot(sorted_values, sorted_values) - np.sum(centroids * (2 * sums - counts * centroids))), 0.0)
-  labels = _labels(values, sorted_values, bounds, centroids)
+  squares = float(np.sum(np.square(sorted_values, dtype=np.float64)))
+  inertia = max(squares - float(np.sum(centroids * (2 * sums - counts * centroids))), 0.0)
+  labels = _labels(values, bounds, centroids)
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
-def _labels(values: np.ndarray, sorted_values: np.ndarray, bounds: np.ndarray,
-            centroids: np.ndarray) -> np.ndarray:
+def _labels(values: np.ndarray, bounds: np.ndarray, centroids: np.ndarray) -> np.ndarray:
   """Each value's cluster, exactly as `bounds` cut the sorted values, in O(n) rather than O(n log k).
 
-  Values fall into a fine uniform grid by a monotone float32 formula; the
-  sorted values give each cell the range of labels found in it (one, for
-  nearly every cell), and comparisons with the few midpoints in that range
-  finish the job.
+  Values fall into a fine uniform grid (a monotone map, so each cell holds a
+  contiguous run of the sorted values); the cell's count gives its first
+  label, nearly every cell holds one label only, and comparisons with the
+  few thresholds inside a cell finish the job. Both passes are jitted.
   """
   k, n = centroids.size, values.size
   if k == 1:
     return np.zeros(n, np.int32)
-  midpoints = np.concatenate([(centroids[:-1] + centroids[1:]) / 2, np.full(k, np.inf)])
   cells = min(1 << 20, 64 * k)
-  low = values.min()
-  scale = np.float32((cells - 1) / max(float(values.max()) - float(low), np.finfo(np.float32).tiny))
+  low, high = float(values.min()), float(values.max())
+  scale = np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))
+  cell = _grid_cells(values, np.float32(low), scale, cells)
+  starts = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(cell), minlength=cells))])
+  label_at = bounds[1:-1]  # Sorted position p has label searchsorted(label_at, p, side="right").
+  first = np.searchsorted(label_at, np.minimum(starts[:-1], n - 1), side="right")
+  last = np.searchsorted(label_at, starts[1:] - 1, side="right")
+  spread = int(np.max(np.where(starts[1:] > starts[:-1], last - first, 0)))
+  thresholds = np.concatenate([_thresholds(centroids), np.full(k, np.inf, np.float32)])
+  return np.asarray(_labels_in_cells(values, cell, first.astype(np.int32), thresholds, spread))
 
-  def cell(v):
-    return np.clip(((v - low) * scale).astype(np.int32), 0, cells - 1)
 
-  starts = np.concatenate([[0], np.cumsum(np.bincount(cell(sorted_values.astype(np.float32)), minlength=cells))])
-  label_at = lambda p: np.searchsorted(bounds[1:-1], p, side="right")  # noqa: E731 (label of sorted position p)
-  nonempty = starts[1:] > starts[:-1]
-  first = label_at(np.minimum(starts[:-1], n - 1))
-  spread = int(np.max(np.where(nonempty, label_at(starts[1:] - 1) - first, 0)))
-  first = first.astype(np.int32)[cell(values)]
-  labels = first.copy()
-  for t in range(spread):
-    labels += values > midpoints[first + t]
-  return labels
+@functools.partial(jax.jit, static_argnums=3)
+def _grid_cells(values: jax.Array, low: jax.Array, scale: jax.Array, cells: int) -> jax.Array:
+  return jnp.clip(((values - low) * scale).astype(jnp.int32), 0, cells - 1)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _labels_in_cells(values: jax.Array, cell: jax.Array, first: jax.Array, thresholds: jax.Array,
+                     spread: int) -> jax.Array:
+  base = first[cell]
+  return base + sum((values > thresholds[base + t]).astype(jnp.int32) for t in range(spread))
 
 
 def _check_count(k: int, field: str) -> None:
