@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
       test = pipeline.evaluate_file(_CONFIG.value, _EVALUATE.value)
       print(f"{_EVALUATE.value}: test accuracy {test['accuracy']:.4f} on {test['examples']} examples")
       return
-    results = pipeline.run(_CONFIG.value, workdir)
+    results = pipeline.run(_CONFIG.value, workdir, command=" ".join(["python", *sys.argv]))
   except UserError as e:
     sys.exit(f"error: {e}")
   for stage, entry in results["stages"].items():

@@ -40,6 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_epochs = 1
 
   config.stages = ("baseline", "pruned", "shared", "encoded")  # Which stages to run, in pipeline order.
+  config.start_from = ""  # A workdir (or checkpoint folder) of a trained dense model: restored, not trained.
+
+  config.sensitivity = ml_collections.ConfigDict()
+  config.sensitivity.enabled = False  # After the baseline, prune each layer alone and evaluate (Han 2015, Fig. 5).
+  config.sensitivity.fractions = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)  # Kept fractions to try.
+  config.sensitivity.tolerated_drop = 0.005  # Per layer, the smallest fraction within this accuracy drop...
+  config.sensitivity.apply = False  # ...becomes the layer's kept fraction for pruning (criterion layer).
+  config.sensitivity.eval_batches = -1  # Test batches per evaluation; -1 = all.
 
   config.prune = ml_collections.ConfigDict()
   config.prune.patterns = (r".*kernel",)  # Regexes (fullmatch) over paths like "ip1/kernel": what is pruned.
@@ -66,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.epochs = 2  # Fine-tuning epochs; the rest of the optimizer comes from train.* (no weight decay).
   config.share.learning_rate = 0.0005  # With summed gradients a centroid moves for all its weights at once.
   config.share.lr_schedule = "cosine"
+  config.share.sweep = ()  # With stage encoded: also share and encode at each of these k (the original's 4/9/13/35).
 
   config.codec = ml_collections.ConfigDict()
   config.codec.index_bits = 0  # Bits per relative index; 0 = per layer, the width (2..8) of the smallest file (the paper: 5).

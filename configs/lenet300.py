@@ -32,4 +32,5 @@ def get_config():
   config.prune.epochs = 4
   config.prune.learning_rate = 0.01
   config.share.bits = 6  # The paper's 6 bits for every layer.
+  config.share.sweep = (4, 8, 16, 32, 64)  # Accuracy against size; k = 64 is the run's own 6 bits.
   return base.lock(config)

@@ -37,6 +37,7 @@ from dc_jax.share import SharedKernel
 MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
 VERSION = 1
 MAX_INDEX_BITS = 16
+MAX_KERNEL_WEIGHTS = 2**32  # A reader's limit: 8 bytes of a shape can ask for more memory than any machine has.
 AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
 # One width for every shared layer, or (pattern, width) pairs where the first fullmatch wins; "auto" picks per layer.
 IndexBits = int | str | Sequence[tuple[str, int | str]]
@@ -383,8 +384,9 @@ class _Reader:
       dtype = np.dtype(name)
     except (TypeError, ValueError) as error:
       raise DataError(f"{self.where}: unknown dtype {name!r}") from error
-    if dtype.kind not in kinds:
-      raise DataError(f"{self.where}: dtype {name!r} is not one of the kinds {kinds!r}")
+    if dtype.kind not in kinds or dtype.byteorder == ">":
+      raise DataError(f"{self.where}: dtype {name!r} is not a little-endian or byte-order-free dtype "
+                      f"of the kinds {kinds!r}")
     return dtype
 
   def stream(self) -> tuple[np.ndarray, bytes]:
@@ -398,6 +400,8 @@ def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
   """A record body back into (key path, leaf)."""
   reader = _Reader(body, where)
   (depth,) = reader.unpack("H")
+  if depth == 0:
+    raise DataError(f"{where}: a record needs a key path of depth >= 1; this one has depth 0")
   keys = tuple(reader.text() for _ in range(depth))
   where = f"{where} ({'/'.join(keys)!r})"
   reader.where = where
@@ -408,6 +412,8 @@ def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
     dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u")
     (ndim,) = reader.unpack("B")
     shape = reader.unpack(f"{ndim}Q")
+    if kind == SHARED and math.prod(shape) > MAX_KERNEL_WEIGHTS:  # Raw leaves are bounded by their bytes.
+      raise DataError(f"{where}: a shared kernel of shape {list(shape)} has more than {MAX_KERNEL_WEIGHTS} weights")
     if kind == RAW:
       (size,) = reader.unpack("Q")
       if size != math.prod(shape) * dtype.itemsize:
@@ -443,11 +449,31 @@ def _stored_name(body: memoryview) -> str:
     return "?"
 
 
+def _check_new_path(keys: tuple[str, ...], i: int, leaves: dict[tuple[str, ...], int],
+                    dicts: dict[tuple[str, ...], int], where: str) -> None:
+  """Record i's path must be new, and neither a dict of an earlier record's path nor under an earlier leaf.
+
+  `leaves` maps each earlier record's path to its record, `dicts` each proper prefix of one to its first record.
+  """
+  name = "/".join(keys)
+  if keys in leaves:
+    raise DataError(f"{where} ({name!r}) repeats the path of record {leaves[keys]}")
+  if keys in dicts:
+    raise DataError(f"{where} ({name!r}) is a leaf, but record {dicts[keys]} holds a leaf under it")
+  above = next((keys[:n] for n in range(1, len(keys)) if keys[:n] in leaves), None)
+  if above is not None:
+    raise DataError(f"{where} ({name!r}) lies under the leaf of record {leaves[above]} ({'/'.join(above)!r})")
+  leaves[keys] = i
+  for n in range(1, len(keys)):
+    dicts.setdefault(keys[:n], i)
+
+
 def read(path: str | Path) -> dict[str, Any]:
   """The variables tree `write` stored: numpy arrays and SharedKernels of numpy arrays, bit for bit.
 
   Raises DataError, naming the file and the record, on a wrong magic or version,
-  a truncated file, a CRC mismatch, or bytes after the last record.
+  a truncated file, a CRC mismatch, a record whose fields do not decode, a path
+  stored twice or under another leaf, or bytes after the last record.
   """
   path = Path(path)
   try:
@@ -463,7 +489,7 @@ def read(path: str | Path) -> dict[str, Any]:
     raise DataError(f"{path}: header CRC mismatch: the file is corrupt")
   if version != VERSION:
     raise DataError(f"{path}: format version {version}; this reader knows version {VERSION}")
-  flat = {}
+  flat, leaves, dicts = {}, {}, {}
   for i in range(count):
     reader.where = f"{path}: record {i}"
     start = reader.offset
@@ -473,6 +499,7 @@ def read(path: str | Path) -> dict[str, Any]:
     if crc != zlib.crc32(data[start:reader.offset - 4]):
       raise DataError(f"{path}: record {i} ({_stored_name(body)!r}) is corrupt: CRC32 mismatch")
     keys, leaf = _parse_record(body, f"{path}: record {i}")
+    _check_new_path(keys, i, leaves, dicts, f"{path}: record {i}")
     flat[keys] = leaf
   if reader.offset != len(data):
     raise DataError(f"{path}: {len(data) - reader.offset} trailing bytes after the last of {count} records")

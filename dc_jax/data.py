@@ -184,7 +184,12 @@ def _make_dataset(name: str, arrays: dict[str, np.ndarray], source: str) -> Data
                       f"found {labels.dtype} in [{labels.min()}, {labels.max()}]")
     checked[split] = (images, labels.astype(np.int32))
   train_images = checked["train"][0]
-  pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
+  flat = train_images.reshape(-1, train_images.shape[-1])
+  constant = flat.min(axis=0) == flat.max(axis=0)
+  if np.any(constant):
+    raise DataError(f"{source}: x_train has one value in every pixel of channel(s) "
+                    f"{np.flatnonzero(constant).tolist()}; images without contrast cannot be normalised")
+  pixels = flat.astype(np.float64) / 255.0
   return Dataset(
       name=name,
       train_images=train_images,

@@ -11,6 +11,7 @@ entry under `stages` in `results.json`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
-from dc_jax import atomic, codec, data, models, prune, share, train
+from dc_jax import atomic, codec, data, models, prune, report, sensitivity, share, train
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -34,11 +36,14 @@ def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
   atomic.write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
 
 
-def record_stage(workdir: Path, stage: str, entry: dict[str, Any]) -> dict[str, Any]:
-  """Adds (or replaces) `stages[stage]` in the workdir's results.json and returns the whole file."""
+def record(workdir: Path, keys: tuple[str, ...], entry: Any) -> dict[str, Any]:
+  """Sets results[keys[0]]...[keys[-1]] = entry in the workdir's results.json; returns the whole file."""
   path = workdir / RESULTS_FILE
   results = json.loads(path.read_text()) if path.exists() else {"stages": {}}
-  results["stages"][stage] = entry
+  node = results
+  for key in keys[:-1]:
+    node = node.setdefault(key, {})
+  node[keys[-1]] = entry
   write_json_atomically(path, results)
   return results
 
@@ -61,11 +66,12 @@ def _per_layer(default: float, overrides: tuple) -> prune.PerLayer:
   return [*(tuple(pair) for pair in overrides), (".*", default)] if overrides else default
 
 
-def pruning_plan(config: ml_collections.ConfigDict) -> prune.Plan:
-  """The `prune.*` fields as a checked prune.Plan."""
+def pruning_plan(config: ml_collections.ConfigDict, layer_kept_fractions: dict[str, float] | None = None) -> prune.Plan:
+  """The `prune.*` fields as a checked prune.Plan; `layer_kept_fractions` (exact paths) come first if given."""
+  derived = tuple((re.escape(layer), f) for layer, f in (layer_kept_fractions or {}).items())
   return prune.Plan(
       criterion=config.criterion, schedule=config.schedule, rounds=config.rounds,
-      kept_fraction=_per_layer(config.kept_fraction, config.layer_kept_fractions),
+      kept_fraction=_per_layer(config.kept_fraction, derived + tuple(config.layer_kept_fractions)),
       quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns))
 
 
@@ -105,25 +111,51 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return finetune
 
 
+def start_checkpoints(start_from: str) -> Path:
+  """The checkpoint folder `start_from` names: a workdir (its baseline/) or a checkpoint folder itself."""
+  path = Path(start_from)
+  folder = path / "baseline" if (path / "baseline").is_dir() else path
+  if not folder.is_dir() or train.checkpoint_manager(folder).latest_step() is None:
+    raise ConfigError(f"start_from={start_from!r} holds no checkpoint; valid: a dc_jax workdir or a "
+                      f"checkpoint folder such as runs/lenet300/baseline")
+  return folder
+
+
+def restore_weights(state: train.TrainState, folder: Path) -> train.TrainState:
+  """`state` with the params and BatchNorm statistics of the latest checkpoint in `folder`, whatever its optimizer."""
+  manager = train.checkpoint_manager(folder)
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  found = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
+  expected = {"params": state.params, "batch_stats": state.batch_stats}
+  if _shapes(found) != _shapes(expected):
+    raise DataError(f"the checkpoint in {folder} does not hold this model's parameters")
+  found = jax.tree.map(jnp.asarray, found)
+  return state.replace(params=found["params"], batch_stats=found["batch_stats"])
+
+
 def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
                    workdir: Path) -> train.TrainState:
-  """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`."""
+  """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`.
+
+  With `start_from`, the trained weights of an earlier run are restored instead.
+  """
   tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
   state = train.create_train_state(jax.random.key(config.seed), model, dataset.image_shape, tx)
+  if config.start_from:
+    return restore_weights(state, start_checkpoints(config.start_from))
   return train.fit(state, dataset, config.train, config.seed,
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
                    augmentation=data.Augmentation.from_config(config.data))
 
 
 def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, dense: train.TrainState,
-                      workdir: Path) -> tuple[train.TrainState, list[dict[str, Any]]]:
+                      workdir: Path, plan: prune.Plan) -> tuple[train.TrainState, list[dict[str, Any]]]:
   """Stage `pruned`: rounds of pruning, each followed by retraining with the masks enforced by optax.
 
   Round r prunes the weights that round r-1 left, to the schedule's fraction,
   then retrains from them in `workdir/pruned/round_r` with a fresh optimizer.
   The masks live in the optimizer state: checkpointed, and restored on resume.
   """
-  plan = pruning_plan(config.prune)
   retrain = retrain_config(config)
   steps = train.steps_in_epoch(dataset, retrain)
   state, masks, rounds = dense, None, []
@@ -145,8 +177,8 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
 
 
 def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset, pruned: train.TrainState,
-                       workdir: Path) -> tuple[share.SharedTrainState, dict[str, Any]]:
-  """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `workdir/shared`.
+                       checkpoint_dir: Path) -> tuple[share.SharedTrainState, dict[str, Any]]:
+  """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `checkpoint_dir`.
 
   Clustering is deterministic, so a resumed run clusters again and restores
   the fine-tuned codebooks over it.
@@ -162,7 +194,7 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   before = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   print(f"shared: test accuracy {before['accuracy']:.4f} after clustering, before fine-tuning", flush=True)
   state = train.fit(state, dataset, finetune, config.seed + config.prune.rounds + 1,
-                    checkpoint_dir=workdir / "shared", metrics_path=workdir / "metrics.jsonl",
+                    checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
                     augmentation=data.Augmentation.from_config(config.data))
   after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   return state, {
@@ -204,9 +236,8 @@ def _check_decoded(written: Any, decoded: Any, path: Path) -> None:
 
 
 def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
-                        state: share.SharedTrainState, workdir: Path) -> dict[str, Any]:
+                        state: share.SharedTrainState, path: Path) -> dict[str, Any]:
   """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
-  path = workdir / MODEL_FILE
   variables = {"params": state.shared_params(), "batch_stats": state.batch_stats}
   summary = codec.write(path, variables, index_bits(config.codec))
   decoded = codec.read(path)
@@ -216,7 +247,7 @@ def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset
   return {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
-      "file": MODEL_FILE,
+      "file": path.name,
       "file_bytes": summary.totals["file_bytes"],
       "dense_bytes": summary.totals["dense_bytes"],
       "compression_ratio": summary.totals["compression"],
@@ -263,60 +294,170 @@ def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Runs the stages the config asks for and returns the contents of results.json.
-
-  Everything that can be checked without training is checked first: stages,
-  model, pruning plan and its patterns, data.
-  """
-  workdir = Path(workdir)
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Everything that can be checked without data or training: stages, plans, patterns, the file's widths."""
   check_stages(config.stages)
   model = models.create_model(config.model, 10)
   shape = (1, *models.INPUT_SHAPES[config.model.name])
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
+  if config.start_from:
+    start_checkpoints(config.start_from)
   if "pruned" in config.stages:
     prune.select(abstract, pruning_plan(config.prune).patterns)  # A pattern matching nothing fails now.
+    if config.sensitivity.apply and config.prune.criterion != "layer":
+      raise ConfigError(f"sensitivity.apply sets per-layer kept fractions; prune.criterion="
+                        f"{config.prune.criterion!r} does not take them; valid: layer")
+  if config.sensitivity.apply and not config.sensitivity.enabled:
+    raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
   if "shared" in config.stages:
     prune.select(abstract, sharing_plan(config.share).patterns, "share.patterns")
+    for k in config.share.sweep:
+      share.Plan(k=k)
   if "encoded" in config.stages:
     codec.check_index_bits(index_bits(config.codec))
+
+
+def analyze_sensitivity(config: ml_collections.ConfigDict, dataset: data.Dataset, state: train.TrainState,
+                        workdir: Path, dense_accuracy: float) -> dict[str, Any]:
+  """Each pruned layer pruned alone, no retraining (Han et al. 2015, Fig. 5), kept in results.json.
+
+  A rerun reads the curves back instead of evaluating again.
+  """
+  previous = json.loads((workdir / RESULTS_FILE).read_text()).get("sensitivity")
+  fractions = [float(f) for f in config.sensitivity.fractions]
+  if previous and previous["fractions"] == fractions:
+    curves = previous["curves"]
+  else:
+    curves = sensitivity.curves(state, dataset, config.prune.patterns, fractions,
+                                config.train.eval_batch_size, config.sensitivity.eval_batches)
+  kept = sensitivity.kept_fractions(curves, dense_accuracy, config.sensitivity.tolerated_drop)
+  entry = {"fractions": fractions, "tolerated_drop": config.sensitivity.tolerated_drop,
+           "dense_accuracy": dense_accuracy, "curves": curves, "kept_fractions": kept}
+  record(workdir, ("sensitivity",), entry)
+  return entry
+
+
+def sweep_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """The config with k clusters in every shared layer."""
+  swept = config.copy_and_resolve_references()
+  swept.share.k, swept.share.bits, swept.share.layer_bits = k, 0, ()
+  return swept
+
+
+def make_figures(workdir: Path, config: ml_collections.ConfigDict, results: dict[str, Any],
+                 dense: train.TrainState, pruned: train.TrainState | None,
+                 shared: share.SharedTrainState | None) -> list[tuple[str, str]]:
+  """The run's figures as PNGs under workdir/figures; (title, path relative to the workdir) each."""
+  folder = workdir / "figures"
+  folder.mkdir(exist_ok=True)
+  figures = []
+  if pruned is not None:
+    masks = prune.masks_of(pruned.opt_state)
+    layers, _ = prune.report(masks, config.prune.patterns)
+    report.plot_kept_fractions(folder / "kept_fractions.png", layers)
+    figures.append(("Weights kept per layer", "figures/kept_fractions.png"))
+    dense_leaves, pruned_leaves, mask_leaves = _by_path(dense.params), _by_path(pruned.params), _by_path(masks)
+    shared_leaves = _by_path(shared.shared_params(), share.is_shared) if shared is not None else {}
+    for i, row in enumerate(layers):
+      name = row["layer"]
+      kernel = shared_leaves.get(name)
+      file = f"figures/weights_{i:02d}_{name.replace('/', '_')}.png"
+      report.plot_layer(workdir / file, name, np.asarray(dense_leaves[name]), np.asarray(pruned_leaves[name]),
+                        np.asarray(mask_leaves[name]),
+                        None if kernel is None else np.asarray(kernel.materialize()),
+                        None if kernel is None else np.asarray(kernel.codebook))
+      figures.append((f"{name}: dense, pruned, shared", file))
+  if results.get("sweep"):
+    report.plot_sweep(folder / "sweep.png", results["sweep"], results["stages"]["baseline"]["test_accuracy"])
+    figures.append(("Accuracy against compressed size, one point per k", "figures/sweep.png"))
+  if results.get("sensitivity"):
+    report.plot_sensitivity(folder / "sensitivity.png", results["sensitivity"]["curves"],
+                            results["sensitivity"]["dense_accuracy"])
+    figures.append(("Sensitivity: one layer pruned alone, no retraining", "figures/sensitivity.png"))
+  return figures
+
+
+def _by_path(tree: Any, is_leaf: Any = None) -> dict[str, Any]:
+  """{path name: leaf}, e.g. {"ip1/kernel": ...}."""
+  return {prune.path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "") -> dict[str, Any]:
+  """Runs the stages the config asks for, writes report.md and its figures, returns results.json's contents.
+
+  Everything that can be checked without training is checked first (see
+  `check_config`), then the data.
+  """
+  workdir = Path(workdir)
+  check_config(config)
   dataset = data.load(config.data)
   check_compatible(config.model, dataset)
   model = models.create_model(config.model, dataset.num_classes)
   workdir.mkdir(parents=True, exist_ok=True)
+  for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
+    stale.unlink()
 
-  state = train_baseline(config, dataset, model, workdir)
-  test = train.evaluate(state, dataset, config.train.eval_batch_size, config.train.eval_batches)
-  results = record_stage(workdir, "baseline", {
+  dense = train_baseline(config, dataset, model, workdir)
+  test = train.evaluate(dense, dataset, config.train.eval_batch_size, config.train.eval_batches)
+  results = record(workdir, ("stages", "baseline"), {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
-      "params": train.count_params(state.params),
-      "steps": int(state.step),
+      "params": train.count_params(dense.params),
+      "steps": int(dense.step),
+      **({"start_from": config.start_from} if config.start_from else {}),
   })
-  if "pruned" not in config.stages:
-    return results
+  derived = None
+  if config.sensitivity.enabled:
+    derived = analyze_sensitivity(config, dataset, dense, workdir, test["accuracy"])["kept_fractions"]
+    results = json.loads((workdir / RESULTS_FILE).read_text())
+  pruned = shared = None
+  if "pruned" in config.stages:
+    plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
+    pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
+    layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
+    print(format_pruning_table(layers, totals), flush=True)
+    results = record(workdir, ("stages", "pruned"), {
+        "test_accuracy": rounds[-1]["test_accuracy"],
+        "test_examples": test["examples"],
+        "kept_fraction": totals["kept_fraction"],
+        "compression": totals["compression"],
+        "weights": totals["total"],
+        "kept_weights": totals["kept"],
+        "layers": layers,
+        "rounds": rounds,
+    })
+  if "shared" in config.stages:
+    shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
+    print(format_sharing_table(entry["layers"]), flush=True)
+    print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
+    results = record(workdir, ("stages", "shared"), entry)
+  if "encoded" in config.stages:
+    encoded = encode_and_evaluate(config, dataset, model, shared, workdir / MODEL_FILE)
+    results = record(workdir, ("stages", "encoded"), encoded)
+    for k in config.share.sweep:
+      if k == sharing_plan(config.share).k:  # The run's own k: already shared and encoded.
+        point = _sweep_entry(k, results["stages"]["shared"], encoded)
+      else:
+        point = sweep_point(config, dataset, model, pruned, workdir, k)
+      results = record(workdir, ("sweep", f"k={k}"), point)
+  figures = make_figures(workdir, config, results, dense, pruned, shared)
+  path = report.write_report(workdir, results, config.model.name, command, figures)
+  print(f"report: {path}", flush=True)
+  return results
 
-  state, rounds = prune_and_retrain(config, dataset, state, workdir)
-  layers, totals = prune.report(prune.masks_of(state.opt_state), config.prune.patterns)
-  print(format_pruning_table(layers, totals), flush=True)
-  results = record_stage(workdir, "pruned", {
-      "test_accuracy": rounds[-1]["test_accuracy"],
-      "test_examples": test["examples"],
-      "kept_fraction": totals["kept_fraction"],
-      "compression": totals["compression"],
-      "weights": totals["total"],
-      "kept_weights": totals["kept"],
-      "layers": layers,
-      "rounds": rounds,
-  })
-  if "shared" not in config.stages:
-    return results
 
-  state, entry = share_and_finetune(config, dataset, state, workdir)
-  print(format_sharing_table(entry["layers"]), flush=True)
-  print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
-  results = record_stage(workdir, "shared", entry)
-  if "encoded" not in config.stages:
-    return results
+def sweep_point(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+                pruned: train.TrainState, workdir: Path, k: int) -> dict[str, Any]:
+  """The pruned model shared at k clusters per layer, fine-tuned and encoded: one column of the original's table."""
+  swept = sweep_config(config, k)
+  state, entry = share_and_finetune(swept, dataset, pruned, workdir / f"shared_k{k}")
+  encoded = encode_and_evaluate(swept, dataset, model, state, workdir / f"model_k{k}.dcz")
+  print(f"sweep k={k}: test accuracy {encoded['test_accuracy']:.4f}, {encoded['file_bytes']:,} bytes "
+        f"({encoded['compression_ratio']:.1f}x)", flush=True)
+  return _sweep_entry(k, entry, encoded)
 
-  return record_stage(workdir, "encoded", encode_and_evaluate(config, dataset, model, state, workdir))
+
+def _sweep_entry(k: int, shared: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:
+  return {"k": k, "test_accuracy": encoded["test_accuracy"],
+          "test_accuracy_before_finetune": shared["test_accuracy_before_finetune"],
+          "file": encoded["file"], "file_bytes": encoded["file_bytes"], "compression_ratio": encoded["compression_ratio"]}

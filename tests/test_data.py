@@ -100,6 +100,9 @@ def test_unknown_dataset_is_a_data_error():
       "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, r"labels in \[0, 10\)"),
     ({"x_train": np.zeros((2, 28, 28), np.uint8), "y_train": np.zeros(3, np.uint8),
       "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}, "3 labels"),
+    ({"x_train": np.full((2, 28, 28), 7, np.uint8), "y_train": np.zeros(2, np.uint8),
+      "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)},
+     r"one value in every pixel of channel\(s\) \[0\]"),
 ])
 def test_malformed_npz_is_a_data_error_naming_the_problem(tmp_path, arrays, message):
   path = tmp_path / "bad.npz"

@@ -30,6 +30,7 @@ def small_config(tmp_path):
   config.prune.epochs = 1
   config.share.bits = 4
   config.share.epochs = 1
+  config.share.sweep = ()
   return config
 
 
@@ -115,6 +116,41 @@ def test_evaluating_a_file_of_another_model_names_the_first_mismatch(small_confi
     pipeline.evaluate_file(small_config, tmp_path / "lenet300.dcz")
 
 
+def test_sweep_sensitivity_and_report_in_one_run(small_config, tmp_path):
+  small_config.share.sweep = (4, 16)  # share.bits = 4: k = 16 is the run's own sharing, reused.
+  small_config.sensitivity.enabled = True
+  small_config.sensitivity.apply = True
+  small_config.sensitivity.fractions = (0.5, 0.2)
+  workdir = tmp_path / "run"
+  results = pipeline.run(small_config, workdir, command="python launch.py --config configs/lenet300.py")
+  sweep = results["sweep"]
+  assert [(p["k"], p["file"]) for p in sweep.values()] == [(4, "model_k4.dcz"), (16, "model.dcz")]
+  assert sweep["k=4"]["file_bytes"] == (workdir / "model_k4.dcz").stat().st_size < sweep["k=16"]["file_bytes"]
+  assert sweep["k=16"]["test_accuracy"] == results["stages"]["encoded"]["test_accuracy"]
+
+  kept = results["sensitivity"]["kept_fractions"]
+  assert set(kept) == {"ip1/kernel", "ip2/kernel", "ip3/kernel"} and set(kept.values()) <= {0.5, 0.2, 1.0}
+  for row in results["stages"]["pruned"]["layers"]:
+    assert row["kept_fraction"] == pytest.approx(kept[row["layer"]], abs=1e-3)
+
+  text = (workdir / "report.md").read_text()
+  assert "`python launch.py --config configs/lenet300.py`" in text and "## Shared at each k" in text
+  links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+  assert "figures/sweep.png" in links and "figures/sensitivity.png" in links and len(links) == 6
+  assert all((workdir / link).read_bytes().startswith(b"\x89PNG") for link in links)
+
+
+def test_start_from_restores_a_trained_baseline_instead_of_training(small_config, tmp_path):
+  small_config.stages = ("baseline",)
+  first = pipeline.run(small_config, tmp_path / "first")["stages"]["baseline"]
+  small_config.stages = ("baseline", "pruned")
+  small_config.start_from = str(tmp_path / "first")
+  second = pipeline.run(small_config, tmp_path / "second")["stages"]
+  assert second["baseline"]["test_accuracy"] == first["test_accuracy"]
+  assert second["baseline"]["start_from"] == str(tmp_path / "first")
+  assert not (tmp_path / "second" / "baseline").exists() and "pruned" in second
+
+
 def test_sharing_plan_takes_layer_bits_then_bits_then_k():
   config = lenet300.get_config().share
   assert pipeline.sharing_plan(config).k == 64  # bits = 6.
@@ -136,6 +172,8 @@ def test_sharing_plan_takes_layer_bits_then_bits_then_k():
     ("share.patterns", ("ip9/kernel",), "share.patterns: pattern 'ip9/kernel' matches no parameter"),
     ("codec.index_bits", 17, "codec.index_bits=17"),
     ("share.bits", 17, "share.bits=17"),
+    ("start_from", "/nonexistent", "start_from='/nonexistent' holds no checkpoint"),
+    ("share.sweep", (1,), "share.k=1"),
     ("share.bits", -1, "share.bits=-1"),
     ("share.layer_bits", (("ip1.*", 0),), "share.layer_bits['ip1.*']=0"),
 ])

@@ -1,0 +1,189 @@
+"""The run's report: the paper's and the original's tables as markdown, and figures of the run's own weights.
+
+Everything here reads results (the contents of results.json) or parameter
+trees and writes files; nothing trains. Figures are PNGs written next to
+`report.md`, which links them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display on training machines.
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from dc_jax import atomic  # noqa: E402
+
+REPORT_FILE = "report.md"
+# Han et al. 2016, Table 1: (reference error, dense KB, compressed error, compressed KB, ratio).
+PAPER_TABLE_1 = {
+    "lenet300_100": ("LeNet-300-100", 0.0164, 1070, 0.0158, 27, 40),
+    "lenet5": ("LeNet-5", 0.0080, 1720, 0.0074, 44, 39),
+}
+# The PyTorch original's VGG19-BN table on CIFAR-10 (top-1 %); k = 35 was not reported.
+ORIGINAL_TABLE = {"Original": 92.22, "Pruned": 92.18, "k=4": 90.93, "k=9": 91.86, "k=13": 92.23}
+
+
+def _percent(value: float | None) -> str:
+  return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _ratio(value: float | None) -> str:
+  return "" if value is None or not math.isfinite(value) else f"{value:.1f}x"
+
+
+def stage_table(results: dict[str, Any]) -> str:
+  """Accuracy, error and size after each stage that ran."""
+  stages = results["stages"]
+  dense_bytes = 4 * stages["baseline"]["params"] if "baseline" in stages else None
+  rows = ["| stage | test accuracy | error | weights kept | size | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+  for name, entry in stages.items():
+    kept = entry.get("kept_fraction") if name == "pruned" else None
+    size = entry.get("file_bytes") if name == "encoded" else (dense_bytes if name == "baseline" else None)
+    ratio = entry.get("compression_ratio") if name == "encoded" else (entry.get("compression") if kept else None)
+    rows.append(f"| {name} | {_percent(entry['test_accuracy'])} | {_percent(1 - entry['test_accuracy'])} | "
+                f"{_percent(kept)} | {'' if size is None else f'{size:,} B'} | {_ratio(ratio)} |")
+  return "\n".join(rows)
+
+
+def sweep_table(results: dict[str, Any], with_original: bool) -> str:
+  """The PyTorch original's table (Original | Pruned | Shared k=...) for this run, and the original's own row."""
+  stages, sweep = results["stages"], results.get("sweep", {})
+  columns = ["Original", "Pruned", *(f"k={entry['k']}" for entry in sweep.values())]
+  ours = [stages["baseline"]["test_accuracy"], stages["pruned"]["test_accuracy"],
+          *(entry["test_accuracy"] for entry in sweep.values())]
+  sizes = ["", _ratio(stages["pruned"]["compression"]), *(_ratio(e["compression_ratio"]) for e in sweep.values())]
+  original = [f"{ORIGINAL_TABLE[c]:.2f}%" if c in ORIGINAL_TABLE else "" for c in columns]
+  rows = [f"| | {' | '.join(columns)} |", f"| --- |{' --- |' * len(columns)}",
+          f"| this run, top-1 | {' | '.join(_percent(a) for a in ours)} |",
+          f"| this run, smaller than float32 | {' | '.join(sizes)} |"]
+  if with_original:
+    rows.append(f"| the PyTorch original (VGG19-BN, CIFAR-10) | {' | '.join(original)} |")
+  return "\n".join(rows)
+
+
+def layer_table(layers: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str:
+  """The paper's Tables 2-5: per layer weights kept, weight and index bits before and after Huffman coding."""
+  rows = ["| layer | #weights | weights % (P) | weight bits (P+Q) | weight bits (P+Q+H) | index bits (P+Q) | "
+          "index bits (P+Q+H) | compress rate (P+Q) | compress rate (P+Q+H) |",
+          "| --- |" + " ---: |" * 8]
+  for r in layers:
+    rows.append(f"| {r['layer']} | {r['weights']:,} | {_percent(r['kept_fraction'])} | {r['weight_bits_pq']} | "
+                f"{r['weight_bits_pqh']:.2f} | {r['index_bits_pq']} | {r['index_bits_pqh']:.2f} | "
+                f"{_ratio(r['compress_rate_pq'])} | {_ratio(r['compress_rate_pqh'])} |")
+  rows.append(f"| total | {totals['weights']:,} | {_percent(totals['kept_fraction'])} | | | | | "
+              f"{_ratio(totals['compress_rate_pq'])} | {_ratio(totals['compress_rate_pqh'])} |")
+  return "\n".join(rows)
+
+
+def paper_table_1(results: dict[str, Any], model_name: str) -> str:
+  """The paper's Table 1 row for this network beside ours: error and size, dense and compressed."""
+  name, ref_error, ref_kb, error, kb, ratio = PAPER_TABLE_1[model_name]
+  stages = results["stages"]
+  encoded = stages["encoded"]
+  return "\n".join([
+      "| | reference error | dense size | compressed error | compressed size | ratio |",
+      "| --- | ---: | ---: | ---: | ---: | ---: |",
+      f"| {name}, Han et al. 2016 | {_percent(ref_error)} | {ref_kb:,} KB | {_percent(error)} | {kb} KB | {ratio}x |",
+      f"| {name}, this run | {_percent(1 - stages['baseline']['test_accuracy'])} | "
+      f"{encoded['dense_bytes'] / 1000:,.0f} KB | {_percent(1 - encoded['test_accuracy'])} | "
+      f"{encoded['file_bytes'] / 1000:.1f} KB | {_ratio(encoded['compression_ratio'])} |",
+  ])
+
+
+def _histogram(ax: plt.Axes, values: np.ndarray, title: str, bins: np.ndarray) -> None:
+  ax.hist(values, bins=bins, color="tab:blue")
+  ax.set_title(title, fontsize=9)
+  ax.set_yscale("log")
+  ax.tick_params(labelsize=7)
+
+
+def plot_layer(path: Path, name: str, dense: np.ndarray, pruned: np.ndarray, mask: np.ndarray,
+               shared: np.ndarray | None, codebook: np.ndarray | None) -> None:
+  """One layer's weights: dense, after pruning (kept weights only) and after sharing, centroids marked."""
+  panels = 3 if shared is not None else 2
+  fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3), sharex=True)
+  bins = np.linspace(float(dense.min()), float(dense.max()), 121)
+  _histogram(axes[0], dense.ravel(), f"{name}: dense ({dense.size:,})", bins)
+  _histogram(axes[1], pruned[mask], f"pruned: {int(mask.sum()):,} kept ({mask.mean():.1%})", bins)
+  if shared is not None:
+    _histogram(axes[2], shared[mask], f"shared: {codebook.size} centroids", bins)
+    for value in codebook:
+      axes[2].axvline(float(value), color="tab:red", linewidth=0.6, alpha=0.7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def plot_kept_fractions(path: Path, layers: Sequence[dict[str, Any]]) -> None:
+  fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(layers) + 1), 3))
+  ax.bar([r["layer"].removesuffix("/kernel") for r in layers], [100 * r["kept_fraction"] for r in layers])
+  ax.set_ylabel("weights kept (%)")
+  ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def plot_sweep(path: Path, sweep: dict[str, dict[str, Any]], baseline_accuracy: float) -> None:
+  """Accuracy against compressed size (the paper's Fig. 6 idea): one point per k."""
+  entries = sorted(sweep.values(), key=lambda e: e["file_bytes"])
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.plot([e["file_bytes"] / 1000 for e in entries], [100 * e["test_accuracy"] for e in entries], "o-")
+  for e in entries:
+    ax.annotate(f"k={e['k']}", (e["file_bytes"] / 1000, 100 * e["test_accuracy"]), fontsize=8,
+                textcoords="offset points", xytext=(4, -10))
+  ax.axhline(100 * baseline_accuracy, color="gray", linestyle="--", linewidth=0.8, label="dense")
+  ax.set_xlabel("compressed file (KB)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def plot_sensitivity(path: Path, curves: dict[str, list[list[float]]], baseline_accuracy: float) -> None:
+  """Han et al. 2015 Fig. 5: accuracy with one layer pruned alone, no retraining."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  for layer, points in curves.items():
+    fractions, accuracies = zip(*points)
+    ax.plot([100 * (1 - f) for f in fractions], [100 * a for a in accuracies], "o-", markersize=3,
+            label=layer.removesuffix("/kernel"))
+  ax.axhline(100 * baseline_accuracy, color="gray", linestyle="--", linewidth=0.8)
+  ax.set_xlabel("weights pruned (%)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def write_report(workdir: Path, results: dict[str, Any], model_name: str, command: str,
+                 figures: Sequence[tuple[str, str]]) -> Path:
+  """report.md: the tables for the stages that ran and links to the figures, (title, file name) each."""
+  stages = results["stages"]
+  parts = [f"# dc_jax report: {model_name}", "", f"Command: `{command}`", "", "## Stages", "", stage_table(results)]
+  if "pruned" in stages and results.get("sweep"):
+    vgg = model_name == "vgg"
+    parts += ["", "## The original's table" if vgg else "## Shared at each k", "", sweep_table(results, vgg)]
+  if "encoded" in stages:
+    parts += ["", "## Per layer (the paper's Tables 2-5)", "",
+              layer_table(stages["encoded"]["layers"], stages["encoded"]["totals"])]
+    if model_name in PAPER_TABLE_1:
+      parts += ["", "## The paper's Table 1", "", paper_table_1(results, model_name)]
+  if results.get("sensitivity"):
+    derived = results["sensitivity"]["kept_fractions"]
+    parts += ["", "## Sensitivity", "", f"Tolerated drop: {_percent(results['sensitivity']['tolerated_drop'])}; "
+              "derived kept fractions: " + ", ".join(f"`{layer}` {_percent(f)}" for layer, f in derived.items())]
+  if figures:
+    parts += ["", "## Figures", ""]
+    parts += [f"### {title}\n\n![{title}]({file})\n" for title, file in figures]
+  path = workdir / REPORT_FILE
+  atomic.write_bytes(path, ("\n".join(parts) + "\n").encode())
+  return path
