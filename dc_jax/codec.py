@@ -342,7 +342,8 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summar
     if encoded is not None:
       layers.append({"layer": name, **row, "record_bytes": len(records[-1])})
   header = _HEADER.pack(MAGIC, VERSION, len(records))
-  atomic.write_bytes(path, header + struct.pack("<I", zlib.crc32(header)) + b"".join(records))
+  content = header + struct.pack("<I", zlib.crc32(header)) + b"".join(records)
+  atomic.write_bytes(path, content + struct.pack("<I", zlib.crc32(content)))
   file_bytes = path.stat().st_size
   weights, kept = sum(r["weights"] for r in layers), sum(r["kept"] for r in layers)
   pq_bits, pqh_bits = sum(r["bits_pq"] for r in layers), sum(r["bits_pqh"] for r in layers)
@@ -501,8 +502,13 @@ def read(path: str | Path) -> dict[str, Any]:
     keys, leaf = _parse_record(body, f"{path}: record {i}")
     _check_new_path(keys, i, leaves, dicts, f"{path}: record {i}")
     flat[keys] = leaf
+  reader.where = f"{path}: file CRC"
+  end = reader.offset
+  (crc,) = reader.unpack("I")
   if reader.offset != len(data):
     raise DataError(f"{path}: {len(data) - reader.offset} trailing bytes after the last of {count} records")
+  if crc != zlib.crc32(data[:end]):
+    raise DataError(f"{path}: file CRC32 mismatch: records are whole but not in the order or number written")
   return traverse_util.unflatten_dict(flat)
 
 

@@ -55,7 +55,7 @@ def _fuzz_tree() -> dict:
 def _record_spans(data: bytes) -> list[tuple[int, int]]:
   """(start, end) of each record's frame (length, body, CRC32) in a well-formed file."""
   spans, offset = [], _HEADER_BYTES
-  while offset < len(data):
+  while offset < len(data) - 4:  # The file's CRC32 follows the last record.
     (size,) = struct.unpack_from("<Q", data, offset)
     spans.append((offset, offset + 8 + size + 4))
     offset = spans[-1][1]
@@ -98,7 +98,7 @@ def _overwrite_range(data, rng):
 
 
 def _shuffle_records(data, rng):
-  """Whole records swapped, repeated in place of another, dropped or repeated: every CRC still holds."""
+  """Whole records swapped, repeated in place of another, dropped or repeated: every record's CRC still holds."""
   records = [data[a:b] for a, b in _record_spans(data)]
   i, j = rng.choice(len(records), 2, replace=False)
   how = rng.choice(["swap", "copy over", "drop", "repeat"])
@@ -110,7 +110,7 @@ def _shuffle_records(data, rng):
     del records[i]
   else:
     records.insert(j, records[i])
-  return data[:_HEADER_BYTES] + b"".join(records)
+  return data[:_HEADER_BYTES] + b"".join(records) + data[-4:]
 
 
 # Each kind of damage, and how many files of it; the last two cost a whole read each.
@@ -120,11 +120,12 @@ DAMAGE = {"flip 1-8 bits": (_flip_bits, 800), "set 1-8 bytes": (_set_bytes, 700)
 
 
 def _with_crcs(data: bytes) -> bytes:
-  """The file with its header's and every record's CRC32 recomputed: damage the CRCs cannot see."""
+  """The file with its header's, every record's and the file's CRC32 recomputed: damage the CRCs cannot see."""
   out = bytearray(data)
   out[14:18] = struct.pack("<I", zlib.crc32(out[:14]))
   for start, end in _record_spans(data):
     out[end - 4:end] = struct.pack("<I", zlib.crc32(out[start:end - 4]))
+  out[-4:] = struct.pack("<I", zlib.crc32(out[:-4]))
   return bytes(out)
 
 
@@ -195,7 +196,7 @@ def test_damaged_files_fail_with_a_data_error_naming_file_and_record_or_read_bac
   codec.write(original_path, tree, index_bits="auto")
   original = original_path.read_bytes()
   spans = _record_spans(original)
-  assert len(spans) == 12 and spans[-1][1] == len(original)
+  assert len(spans) == 12 and spans[-1][1] == len(original) - 4
   path = tmp_path / "damaged.dcz"
   counts = {kind: collections.Counter() for kind in DAMAGE}
   failures = []
@@ -266,8 +267,9 @@ def test_files_with_recomputed_crcs_fail_with_a_data_error_or_give_a_tree_that_w
 def _file(*records: tuple[tuple[str, ...], object]) -> bytes:
   """A file of these (path, leaf) records in this order, whatever the paths: CRCs right, content crafted."""
   header = codec._HEADER.pack(codec.MAGIC, codec.VERSION, len(records))
-  return (header + struct.pack("<I", zlib.crc32(header))
-          + b"".join(codec._framed(codec._record_body(keys, leaf, None)) for keys, leaf in records))
+  content = (header + struct.pack("<I", zlib.crc32(header))
+             + b"".join(codec._framed(codec._record_body(keys, leaf, None)) for keys, leaf in records))
+  return content + struct.pack("<I", zlib.crc32(content))
 
 
 _ONES = np.ones(3, np.float32)
