@@ -41,7 +41,7 @@ def _ratio(value: float | None) -> str:
 def stage_table(results: dict[str, Any]) -> str:
   """Accuracy, error and size after each stage that ran."""
   stages = results["stages"]
-  dense_bytes = 4 * stages["baseline"]["params"] if "baseline" in stages else None
+  dense_bytes = stages["encoded"]["dense_bytes"] if "encoded" in stages else 4 * stages["baseline"]["params"]
   rows = ["| stage | test accuracy | error | weights kept | size | ratio |", "| --- | --- | --- | --- | --- | --- |"]
   for name, entry in stages.items():
     kept = entry.get("kept_fraction") if name == "pruned" else None
@@ -140,6 +140,9 @@ def plot_sweep(path: Path, sweep: dict[str, dict[str, Any]], baseline_accuracy: 
     ax.annotate(f"k={e['k']}", (e["file_bytes"] / 1000, 100 * e["test_accuracy"]), fontsize=8,
                 textcoords="offset points", xytext=(4, -10))
   ax.axhline(100 * baseline_accuracy, color="gray", linestyle="--", linewidth=0.8, label="dense")
+  shown = [100 * baseline_accuracy, *(100 * e["test_accuracy"] for e in entries)]
+  pad = 0.1 * max(max(shown) - min(shown), 0.1)
+  ax.set_ylim(min(shown) - pad, max(shown) + pad)
   ax.set_xlabel("compressed file (KB)")
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=8)
