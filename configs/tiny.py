@@ -18,4 +18,5 @@ def get_config():
   config.prune.rounds = 2
   config.prune.epochs = 1
   config.share.epochs = 1
+  config.share.sweep = ()
   return config

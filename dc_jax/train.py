@@ -4,12 +4,18 @@ The loop is shared by every stage that retrains (baseline, pruning, sharing):
 it takes an optax transformation and a checkpoint folder, and resumes from the
 latest checkpoint there. Batches depend only on (seed, epoch), so a resumed run
 replays exactly what an uninterrupted one would.
+
+Data parallelism: every batch is split over all devices along its first axis
+and the state (parameters, optimizer state with its masks, codebooks) is
+replicated; the jitted steps are written for one device and XLA partitions
+them, so results match a single device's up to float summation order.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from dc_jax import data
@@ -45,6 +52,42 @@ class TrainState(train_state.TrainState):
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or Inf; the last checkpoint on disk is the last good state."""
+
+
+BATCH_AXIS = "batch"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all of them) whose one axis splits batches."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (BATCH_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with a full copy of every array on each device of `mesh`: how states are placed."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> None:
+  """Every device must get the same number of rows: a ragged split would not compile."""
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ConfigError(f"{field}={batch_size} does not split over {devices} devices; "
+                      f"valid: a multiple of the device count {devices}")
+
+
+def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """The batch split along its first axis over the devices of `mesh`, whose count must divide it."""
+  check_batch_size(len(batch["label"]), mesh)
+  return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
+
+
+def pad_eval_batch(batch: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
+  """An eval batch padded with masked-out rows to a multiple of `devices`, so any eval batch size shards."""
+  pad = -len(batch["mask"]) % devices
+  if not pad:
+    return batch
+  return {name: np.concatenate([value, np.zeros((pad, *value.shape[1:]), value.dtype)])
+          for name, value in batch.items()}
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -117,10 +160,17 @@ def eval_step(state: TrainState, batch: dict[str, jnp.ndarray]) -> dict[str, jnp
 
 
 def evaluate(state: TrainState, dataset: data.Dataset, batch_size: int,
-             max_batches: int = -1) -> dict[str, float]:
-  """Test accuracy and mean loss, over the whole test set unless `max_batches` limits it."""
+             max_batches: int = -1, mesh: Mesh | None = None) -> dict[str, float]:
+  """Test accuracy and mean loss, over the whole test set unless `max_batches` limits it.
+
+  Batches are split over the devices of `mesh` (default: all), padded with
+  masked-out rows where the device count does not divide `batch_size`.
+  """
+  mesh = data_mesh() if mesh is None else mesh
+  state = replicate(state, mesh)
   totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
   for batch in data.eval_batches(dataset, batch_size, max_batches):
+    batch = shard_batch(pad_eval_batch(batch, mesh.devices.size), mesh)
     sums = jax.device_get(eval_step(state, batch))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
   count = totals["count"]
@@ -152,15 +202,20 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 
 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
-        checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None) -> TrainState:
+        checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
+        mesh: Mesh | None = None) -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
-  as JSON lines. Returns the final state (restored, if training had finished).
+  as JSON lines. Batches are split over the devices of `mesh` (default: all)
+  and the state is replicated on each. Returns the final state (restored, if
+  training had finished).
   """
+  mesh = data_mesh() if mesh is None else mesh
+  check_batch_size(config.batch_size, mesh)
   steps = steps_in_epoch(dataset, config)
   manager = checkpoint_manager(checkpoint_dir)
-  state = restore_latest(manager, state)
+  state = restore_latest(manager, replicate(state, mesh))
   dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
   first_epoch = int(state.step) // steps
   try:
@@ -168,7 +223,7 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
       batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
       progress = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
       for i, batch in zip(progress, batches):
-        state, metrics = train_step(state, batch, dropout_key)
+        state, metrics = train_step(state, shard_batch(batch, mesh), dropout_key)
         if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not math.isfinite(metrics["loss"]):
@@ -176,7 +231,7 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
                                    f"the last good checkpoint is in {checkpoint_dir}")
           progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}")
           append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "train", **metrics})
-      test = evaluate(state, dataset, config.eval_batch_size, config.eval_batches)
+      test = evaluate(state, dataset, config.eval_batch_size, config.eval_batches, mesh)
       append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "test", **test})
       print(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['loss']:.4f}, "
             f"test accuracy {test['accuracy']:.4f}", flush=True)

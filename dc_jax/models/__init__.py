@@ -28,6 +28,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
         classifier_widths=tuple(config.classifier_widths),
         dropout_rate=config.dropout,
         num_classes=num_classes,
+        conv_impl=config.conv_impl,
     )
   if config.name == "lenet300_100":
     return LeNet300100(num_classes=num_classes)

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from dc_jax.errors import ConfigError
@@ -14,6 +15,53 @@ BLOCKS = {
     16: ((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3),
     19: ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
 }
+CONV_IMPLS = ("auto", "xla", "patches")
+# Where "auto" uses patches on CPU (bench/conv.py --layers, batch 128, forward + backward): XLA's CPU convolution
+# is pathologically slow on 2x2 maps (24x slower at 512 channels, 3x at 64) and on large maps with many
+# channels (3x at 32x32x64, 2x at 16x16x128); it is as fast at 8x8x256 and 4x4x512, and faster on narrow maps.
+PATCHES_MAX_PIXELS = 4  # Maps of at most this many pixels...
+PATCHES_MIN_PIXELS, PATCHES_MIN_CHANNELS = 256, 64  # ...or of at least this many pixels and input channels.
+
+
+def patches_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """A stride-1 SAME convolution (NHWC, HWIO) as one matmul over the kh*kw shifted copies of the padded input.
+
+  Explicit im2col by slicing, not `lax.conv_general_dilated_patches`: that one is
+  itself a (grouped) convolution on XLA:CPU, and measured 2x slower on 2x2 maps.
+  Patch features are ordered (kh, kw, in), matching `kernel.reshape(-1, out)`.
+  """
+  kh, kw, _, features = kernel.shape
+  _, h, w, _ = x.shape
+  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return columns @ kernel.reshape(-1, features)
+
+
+class PatchesConv(nn.Module):
+  """A SAME conv computed by `patches_conv`, with exactly nn.Conv's parameters (names, shapes, initialisers).
+
+  So a checkpoint, pruning mask or SharedKernel made with one implementation fits the other.
+  """
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kernel = self.param("kernel", nn.linear.default_kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return patches_conv(x, kernel) + bias
+
+
+def resolve_conv_impl(conv_impl: str, shape: tuple[int, ...]) -> str:
+  """The implementation for an NHWC input of `shape`: "auto" picks patches only where measured faster (CPU)."""
+  if conv_impl not in CONV_IMPLS:
+    raise ConfigError(f"model.conv_impl={conv_impl!r} is not a convolution; valid: {', '.join(CONV_IMPLS)}")
+  if conv_impl != "auto":
+    return conv_impl
+  _, h, w, channels = shape
+  faster = h * w <= PATCHES_MAX_PIXELS or (h * w >= PATCHES_MIN_PIXELS and channels >= PATCHES_MIN_CHANNELS)
+  return "patches" if faster and jax.default_backend() == "cpu" else "xla"
 
 
 class VGG(nn.Module):
@@ -22,6 +70,8 @@ class VGG(nn.Module):
   Layers are named `conv{block}_{i}` / `bn{block}_{i}` and `fc{j}` so that
   per-layer tables read like the paper's. `width` scales every conv, for
   narrow CPU runs; `classifier_widths=()` gives the common 512->10 head.
+  `conv_impl` chooses how convs are computed (auto | xla | patches); the
+  parameters are the same whichever it is.
   """
 
   depth: int = 19
@@ -29,6 +79,7 @@ class VGG(nn.Module):
   classifier_widths: Sequence[int] = (4096, 4096)
   dropout_rate: float = 0.5
   num_classes: int = 10
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -36,8 +87,11 @@ class VGG(nn.Module):
       raise ConfigError(f"model.depth={self.depth} is not a VGG depth; valid: {sorted(BLOCKS)}")
     for block, channels in enumerate(BLOCKS[self.depth], start=1):
       for i, features in enumerate(channels, start=1):
-        x = nn.Conv(max(1, round(features * self.width)), (3, 3), padding="SAME",
-                    name=f"conv{block}_{i}")(x)
+        features, name = max(1, round(features * self.width)), f"conv{block}_{i}"
+        if resolve_conv_impl(self.conv_impl, x.shape) == "patches":
+          x = PatchesConv(features, (3, 3), name=name)(x)
+        else:
+          x = nn.Conv(features, (3, 3), padding="SAME", name=name)(x)
         # PyTorch's BatchNorm2d defaults: momentum 0.1, eps 1e-5.
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          name=f"bn{block}_{i}")(x)

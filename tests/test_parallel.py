@@ -1,0 +1,138 @@
+"""Data parallelism: on 8 (forced host) devices, training matches one device and batches are really split.
+
+The device count is fixed when jax starts, so the checks run in a subprocess
+started with XLA_FLAGS=--xla_force_host_platform_device_count=8; inside it,
+each check compares a 1-device mesh with the 8-device one in the same process.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec
+
+from configs import base
+from dc_jax import data, models, prune, share, train
+from dc_jax.errors import ConfigError
+from tests.conftest import synthetic_dataset
+
+DEVICES = 8
+STEPS = 3
+
+
+def _steps(state, batch, mesh):
+  """STEPS train steps on the same global batch; the losses and the final state, fetched to the host."""
+  state, batch = train.replicate(state, mesh), train.shard_batch(batch, mesh)
+  losses = []
+  for _ in range(STEPS):
+    state, metrics = train.train_step(state, batch, jax.random.key(1))
+    losses.append(metrics["loss"])
+  return jax.device_get(losses), state
+
+
+def _assert_same_training(state, batch, one, many):
+  losses_one, state_one = _steps(state, batch, one)
+  losses_many, state_many = _steps(state, batch, many)
+  np.testing.assert_allclose(losses_many, losses_one, rtol=1e-5)
+  assert losses_one[-1] < losses_one[0]
+  chex.assert_trees_all_close(jax.device_get(state_many.params), jax.device_get(state_one.params),
+                              atol=1e-6, rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(state_many.opt_state), jax.device_get(state_one.opt_state),
+                              atol=1e-6, rtol=1e-5)
+  for leaf in jax.tree.leaves(state_many):  # Every array of the state stays replicated.
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES
+  return state_many
+
+
+def _check_batch_is_split(batch, many):
+  placed = train.shard_batch(batch, many)
+  for value in placed.values():
+    assert value.sharding.spec == PartitionSpec(train.BATCH_AXIS)
+    assert len(value.sharding.device_set) == DEVICES
+    assert [shard.data.shape[0] for shard in value.addressable_shards] == [len(batch["label"]) // DEVICES] * DEVICES
+
+
+def _check_fit_and_evaluate(dataset, one, many, workdir):
+  config = base.get_config().train
+  config.update(dict(epochs=1, batch_size=16, steps_per_epoch=3, eval_batch_size=50, eval_batches=2,
+                     log_every_steps=1, lr_schedule="constant"))
+  tx = train.create_optimizer(config, 3)
+  state = train.create_train_state(jax.random.key(0), models.LeNet300100(), dataset.image_shape, tx)
+  fitted = {mesh.devices.size: train.fit(state, dataset, config, 0, workdir / f"ckpt{mesh.devices.size}",
+                                         workdir / "metrics.jsonl", None, mesh) for mesh in (one, many)}
+  chex.assert_trees_all_close(jax.device_get(fitted[DEVICES].params), jax.device_get(fitted[1].params),
+                              atol=1e-6, rtol=1e-5)
+  # 50 rows per eval batch do not split over 8 devices: padded with masked-out rows, same result.
+  results = [train.evaluate(fitted[DEVICES], dataset, 50, 2, mesh) for mesh in (one, many)]
+  assert results[0]["examples"] == results[1]["examples"] == 100
+  np.testing.assert_allclose(results[1]["accuracy"], results[0]["accuracy"])
+  np.testing.assert_allclose(results[1]["loss"], results[0]["loss"], rtol=1e-5)
+  # Restoring the finished run (8-device checkpoint) gives the same state back.
+  again = train.fit(state, dataset, config, 0, workdir / f"ckpt{DEVICES}", workdir / "metrics.jsonl", None, many)
+  chex.assert_trees_all_equal(jax.device_get(again.params), jax.device_get(fitted[DEVICES].params))
+  config.batch_size = 12
+  with pytest.raises(ConfigError, match=f"train.batch_size=12 does not split over {DEVICES} devices"):
+    train.fit(state, dataset, config, 0, workdir / "bad", workdir / "metrics.jsonl", None, many)
+
+
+def main() -> None:
+  """The checks, run inside the 8-device subprocess."""
+  assert jax.device_count() == DEVICES, jax.devices()
+  one, many = train.data_mesh(jax.devices()[:1]), train.data_mesh()
+  dataset = synthetic_dataset("mnist", n_train=64, n_test=100)
+  batch = next(data.train_batches(dataset, 32, seed=0, epoch=0, augmentation=None))
+  _check_batch_is_split(batch, many)
+
+  model = models.LeNet300100()
+  dense = train.create_train_state(jax.random.key(0), model, dataset.image_shape, optax.sgd(0.05, 0.9))
+  dense = _assert_same_training(dense, batch, one, many)
+  print("dense: same losses and parameters on 1 and 8 devices", flush=True)
+
+  masks = prune.layer_fraction(jax.device_get(dense.params), 0.2)
+  pruned = train.TrainState.create(apply_fn=model.apply, params=prune.apply_masks(dense.params, masks),
+                                   batch_stats={}, tx=prune.masked(optax.sgd(0.05, 0.9), masks))
+  pruned = _assert_same_training(pruned, batch, one, many)
+  kept = jax.tree.map(lambda w, m: bool(np.all(np.asarray(w)[~np.asarray(m)] == 0)), pruned.params, masks)
+  assert all(jax.tree.leaves(kept))
+  print("pruned: same losses and parameters, pruned weights still 0", flush=True)
+
+  shared, _ = share.quantize(jax.device_get(pruned.params), masks, share.Plan(k=4))
+  trainable, frozen = share.split(shared)
+  state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, batch_stats={},
+                                        tx=optax.sgd(1e-3, 0.9), frozen=frozen)
+  _assert_same_training(state, batch, one, many)
+  print("shared: same losses and codebooks", flush=True)
+
+  with tempfile.TemporaryDirectory() as workdir:
+    _check_fit_and_evaluate(dataset, one, many, Path(workdir))
+  print("fit and evaluate: same results; a batch size that does not split is a ConfigError", flush=True)
+
+
+def test_training_on_8_devices_matches_1_device_for_dense_pruned_and_shared_states():
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", "from tests.test_parallel import main; main()"],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "fit and evaluate" in result.stdout
+
+
+def test_an_eval_batch_is_padded_with_masked_rows_to_a_multiple_of_the_devices():
+  batch = {"image": np.ones((5, 2), np.float32), "label": np.ones(5, np.int32), "mask": np.ones(5, bool)}
+  padded = train.pad_eval_batch(batch, 4)
+  chex.assert_shape(padded["image"], (8, 2))
+  np.testing.assert_array_equal(padded["mask"], [True] * 5 + [False] * 3)
+  assert train.pad_eval_batch(batch, 5) is batch
+
+
+def test_on_one_device_the_batch_and_state_are_placed_on_it():
+  mesh = train.data_mesh()
+  placed = train.shard_batch({"image": np.zeros((3, 2)), "label": np.zeros(3, np.int32)}, mesh)
+  assert placed["image"].sharding.device_set == set(jax.devices())
+  assert train.replicate({"w": np.zeros(2)}, mesh)["w"].sharding.is_fully_replicated
