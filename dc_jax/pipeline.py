@@ -309,10 +309,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         f"{config.prune.criterion!r} does not take them; valid: layer")
   if config.sensitivity.apply and not config.sensitivity.enabled:
     raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
+  if not all(0 < f <= 1 for f in config.sensitivity.fractions):
+    raise ConfigError(f"sensitivity.fractions={tuple(config.sensitivity.fractions)!r}; valid: kept fractions in (0, 1]")
   if "shared" in config.stages:
     prune.select(abstract, sharing_plan(config.share).patterns, "share.patterns")
-    for k in config.share.sweep:
-      share.Plan(k=k)
+    if not all(isinstance(k, int) and 2 <= k <= share.MAX_CLUSTERS for k in config.share.sweep):
+      raise ConfigError(f"share.sweep={tuple(config.share.sweep)!r}; valid: numbers of clusters in "
+                        f"2..{share.MAX_CLUSTERS}")
   if "encoded" in config.stages:
     codec.check_index_bits(index_bits(config.codec))
 

@@ -173,7 +173,8 @@ def test_sharing_plan_takes_layer_bits_then_bits_then_k():
     ("codec.index_bits", 17, "codec.index_bits=17"),
     ("share.bits", 17, "share.bits=17"),
     ("start_from", "/nonexistent", "start_from='/nonexistent' holds no checkpoint"),
-    ("share.sweep", (1,), "share.k=1"),
+    ("share.sweep", (1,), "share.sweep=(1,); valid: numbers of clusters in 2..65536"),
+    ("sensitivity.fractions", (0.5, 0.0), "sensitivity.fractions=(0.5, 0.0); valid: kept fractions in (0, 1]"),
     ("share.bits", -1, "share.bits=-1"),
     ("share.layer_bits", (("ip1.*", 0),), "share.layer_bits['ip1.*']=0"),
 ])
