@@ -137,13 +137,13 @@ def test_finished_training_is_restored_not_repeated(tmp_path):
   assert (tmp_path / "m.jsonl").read_text().count("\n") == lines
 
 
-def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+def test_a_diverging_learning_rate_stops_training_with_training_diverged(tmp_path):
+  # That the last checkpoint survives intact: tests/test_reliability.py.
   dataset = synthetic_dataset("mnist", n_train=64)
   config = _train_config(epochs=2, learning_rate=1e30, log_every_steps=1)
   state = _state(models.LeNet300100(), dataset.image_shape, config)
   with pytest.raises(train.TrainingDiverged, match="loss is"):
     train.fit(state, dataset, config, 0, tmp_path / "ckpt", tmp_path / "m.jsonl", None)
-  assert train.checkpoint_manager(tmp_path / "ckpt").latest_step() in (None, 4)
 
 
 def test_train_step_compiles_once_from_a_fresh_state():
