@@ -3,7 +3,6 @@
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from configs import base, lenet5, lenet300, vgg19
