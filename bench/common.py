@@ -33,6 +33,7 @@ def print_table(title: str, medians: dict[str, float], baseline: str, unit: str 
   """One line per contender: median and its ratio to `baseline`."""
   scale = {"ms": 1e3, "s": 1.0}[unit]
   print(title, *extra, flush=True)
+  width = max(24, *map(len, medians))
   for name, seconds in medians.items():
-    print(f"  {name:<24} {seconds * scale:10.2f} {unit}   x{seconds / medians[baseline]:.3f} vs {baseline}",
+    print(f"  {name:<{width}} {seconds * scale:10.2f} {unit}   x{seconds / medians[baseline]:.3f} vs {baseline}",
           flush=True)
