@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.classifier_widths = (4096, 4096)  # VGG only: hidden widths; () = a 512->10 head.
   config.model.dropout = 0.5  # VGG only: dropout before each classifier layer.
   config.model.conv_impl = "auto"  # VGG only: auto | xla | patches (im2col + matmul); auto = patches where faster on CPU.
+  config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (GPU/TPU); params and codebooks stay float32.
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 20

@@ -3,6 +3,8 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from configs import base, lenet5, lenet300, vgg19
@@ -12,6 +14,19 @@ from dc_jax.errors import ConfigError
 
 def _abstract_variables(model, image_shape):
   return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, *image_shape)))
+
+
+def _random_variables(model, image_shape):
+  """Variables of the right tree and shapes with lecun-normal kernels, without compiling Flax's init (slow on CPU)."""
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])), leaf.dtype)
+    return jnp.ones(leaf.shape, leaf.dtype) if "scale" in name or "var" in name else jnp.zeros(leaf.shape, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, _abstract_variables(model, image_shape))
 
 
 @pytest.mark.parametrize("config_module, expected", [
@@ -58,8 +73,7 @@ def test_vgg_width_scales_convs_and_empty_classifier_gives_linear_head():
 def test_models_map_a_batch_to_finite_logits(model):
   shape = (32, 32, 3) if isinstance(model, models.VGG) else (28, 28, 1)
   x = jax.random.normal(jax.random.key(1), (4, *shape))
-  variables = model.init(jax.random.key(0), x)
-  logits = model.apply(variables, x, train=False)
+  logits = jax.jit(model.apply)(_random_variables(model, shape), x)
   chex.assert_shape(logits, (4, 10))
   chex.assert_tree_all_finite(logits)
 
@@ -74,3 +88,56 @@ def test_unknown_model_name_is_a_config_error():
 def test_unknown_vgg_depth_is_a_config_error():
   with pytest.raises(ConfigError, match="model.depth=12"):
     _abstract_variables(models.VGG(depth=12), (32, 32, 3))
+
+
+def _model_pair(name: str, **fields):
+  """The same network computing in float32 and in bfloat16."""
+  config = base.get_config().model
+  config.name = name
+  config.update(fields)
+  config.dtype = "bfloat16"
+  low = models.create_model(config, 10)
+  config.dtype = "float32"
+  return models.create_model(config, 10), low
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("lenet300_100", {}), ("lenet5", {}),
+    ("vgg", {"depth": 11, "width": 0.0625, "classifier_widths": (32,), "conv_impl": "xla"}),
+    ("vgg", {"depth": 11, "width": 0.0625, "classifier_widths": (32,), "conv_impl": "patches"}),
+])
+def test_bfloat16_compute_keeps_float32_parameters_and_logits(name, fields):
+  full, low = _model_pair(name, **fields)
+  x = jax.random.normal(jax.random.key(1), (8, *models.INPUT_SHAPES[name]))
+  abstract = _abstract_variables(low, models.INPUT_SHAPES[name])
+  assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
+  variables = _random_variables(full, models.INPUT_SHAPES[name])
+  assert "bf16[" in str(jax.make_jaxpr(low.apply)(variables, x))  # The matmuls and convs run in bfloat16...
+  assert "bf16[" not in str(jax.make_jaxpr(full.apply)(variables, x))
+  low_logits, full_logits = jax.jit(low.apply)(variables, x), jax.jit(full.apply)(variables, x)
+  assert low_logits.dtype == jnp.float32  # ...and the loss sees float32 logits close to float32 compute's.
+  chex.assert_trees_all_close(low_logits, full_logits, atol=0.05 * float(jnp.abs(full_logits).max()))
+
+
+def test_bfloat16_train_step_updates_float32_parameters_like_float32_compute():
+  full, low = _model_pair("lenet300_100")
+  params = _random_variables(full, (28, 28, 1))["params"]
+  batch = {"image": jax.random.uniform(jax.random.key(1), (64, 28, 28, 1)),
+           "label": jax.random.randint(jax.random.key(2), (64,), 0, 10)}
+  tx = optax.sgd(0.1)
+  states = [train.TrainState.create(apply_fn=model.apply, params=params, batch_stats={}, tx=tx)
+            for model in (full, low)]
+  (full_state, full_metrics), (low_state, low_metrics) = (
+      train.train_step(state, batch, jax.random.key(3)) for state in states)
+  chex.assert_trees_all_equal_dtypes(low_state.params, full_state.params)
+  assert abs(float(low_metrics["loss"]) - float(full_metrics["loss"])) < 0.02
+  updates = [jax.tree.map(jnp.subtract, state.params, start.params)
+             for state, start in zip((full_state, low_state), states)]
+  chex.assert_trees_all_close(updates[1], updates[0], atol=2e-3)
+
+
+def test_unknown_compute_dtype_is_a_config_error():
+  config = base.get_config().model
+  config.dtype = "float16"
+  with pytest.raises(ConfigError, match="model.dtype='float16'.*bfloat16"):
+    models.create_model(config, 10)

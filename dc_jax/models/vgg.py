@@ -1,6 +1,7 @@
 """VGG with BatchNorm, the CIFAR variant of the PyTorch original (38.96M parameters at depth 19)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -45,11 +46,13 @@ class PatchesConv(nn.Module):
 
   features: int
   kernel_size: tuple[int, int] = (3, 3)
+  dtype: Any = jnp.float32  # Compute dtype, as nn.Conv's; the parameters are float32.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kernel = self.param("kernel", nn.linear.default_kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
     return patches_conv(x, kernel) + bias
 
 
@@ -71,7 +74,9 @@ class VGG(nn.Module):
   per-layer tables read like the paper's. `width` scales every conv, for
   narrow CPU runs; `classifier_widths=()` gives the common 512->10 head.
   `conv_impl` chooses how convs are computed (auto | xla | patches); the
-  parameters are the same whichever it is.
+  parameters are the same whichever it is. `dtype` is the compute dtype
+  (bfloat16 on accelerators); parameters and BatchNorm statistics stay
+  float32, and the logits are returned as float32.
   """
 
   depth: int = 19
@@ -80,26 +85,29 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int = 10
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     if self.depth not in BLOCKS:
       raise ConfigError(f"model.depth={self.depth} is not a VGG depth; valid: {sorted(BLOCKS)}")
+    x = x.astype(self.dtype)
     for block, channels in enumerate(BLOCKS[self.depth], start=1):
       for i, features in enumerate(channels, start=1):
         features, name = max(1, round(features * self.width)), f"conv{block}_{i}"
         if resolve_conv_impl(self.conv_impl, x.shape) == "patches":
-          x = PatchesConv(features, (3, 3), name=name)(x)
+          x = PatchesConv(features, (3, 3), dtype=self.dtype, name=name)(x)
         else:
-          x = nn.Conv(features, (3, 3), padding="SAME", name=name)(x)
+          x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, name=name)(x)
         # PyTorch's BatchNorm2d defaults: momentum 0.1, eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          name=f"bn{block}_{i}")(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for j, features in enumerate(self.classifier_widths, start=1):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(features, name=f"fc{j}")(x))
+      x = nn.relu(nn.Dense(features, dtype=self.dtype, name=f"fc{j}")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name=f"fc{len(self.classifier_widths) + 1}")(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name=f"fc{len(self.classifier_widths) + 1}")(x)
+    return logits.astype(jnp.float32)
