@@ -2,6 +2,7 @@
 
   python launch.py --config configs/vgg19_k13.py [--workdir DIR] [--config.FIELD=VALUE ...]
   python launch.py --config configs/lenet300.py --evaluate runs/lenet300/model.dcz
+  python launch.py --config configs/lenet300.py --config.distributed.enabled=True [...]  (on every host)
 """
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dc_jax import pipeline
+from dc_jax import distributed, pipeline
 from dc_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -38,6 +39,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO; --verbosity=0 shows it.
   workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   try:
+    distributed.initialize(_CONFIG.value.distributed)
     if _EVALUATE.value:
       test = pipeline.evaluate_file(_CONFIG.value, _EVALUATE.value)
       print(f"{_EVALUATE.value}: test accuracy {test['accuracy']:.4f} on {test['examples']} examples")

@@ -81,6 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.codec = ml_collections.ConfigDict()
   config.codec.index_bits = 0  # Bits per relative index; 0 = per layer, the width (2..8) of the smallest file (the paper: 5).
   config.codec.layer_index_bits = ()  # ((regex, bits), ...): per-layer, first match wins; bits 0 = auto.
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False  # Multi-host: call jax.distributed.initialize before anything else.
+  config.distributed.coordinator_address = ""  # host:port of process 0; ""/0/-1 below = auto-detect (TPU, SLURM).
+  config.distributed.num_processes = 0  # Processes in the run; 0 = auto-detect.
+  config.distributed.process_id = -1  # This process's index, 0..num_processes-1; -1 = auto-detect.
+  config.distributed.local_device_ids = ()  # This process's devices (e.g. GPUs); () = all it sees.
   return config
 
 

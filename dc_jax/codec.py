@@ -325,7 +325,13 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summar
     variables: nested dicts of SharedKernel and numpy/jax arrays, e.g. {"params": ..., "batch_stats": ...}.
     index_bits: b for the relative indices: 1..16, "auto", or (regex, b) pairs over "/"-joined paths.
   """
-  path = Path(path)
+  content, summary = encode(variables, index_bits)
+  atomic.write_bytes(Path(path), content)
+  return summary
+
+
+def encode(variables: Any, index_bits: IndexBits = 5) -> tuple[bytes, Summary]:
+  """The bytes `write` stores and its Summary, without a file: for a caller that writes them itself (or not)."""
   check_index_bits(index_bits)
   flat = _leaves(variables)
   records, layers, dense_bytes, raw_bytes = [], [], 0, 0
@@ -343,8 +349,8 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summar
       layers.append({"layer": name, **row, "record_bytes": len(records[-1])})
   header = _HEADER.pack(MAGIC, VERSION, len(records))
   content = header + struct.pack("<I", zlib.crc32(header)) + b"".join(records)
-  atomic.write_bytes(path, content + struct.pack("<I", zlib.crc32(content)))
-  file_bytes = path.stat().st_size
+  content += struct.pack("<I", zlib.crc32(content))
+  file_bytes = len(content)
   weights, kept = sum(r["weights"] for r in layers), sum(r["kept"] for r in layers)
   pq_bits, pqh_bits = sum(r["bits_pq"] for r in layers), sum(r["bits_pqh"] for r in layers)
   totals = {"weights": weights, "kept": kept, "kept_fraction": kept / weights if weights else 0.0,
@@ -353,7 +359,7 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summar
             "compress_rate_pqh": 32 * weights / pqh_bits if pqh_bits else math.inf,
             "raw_bytes": raw_bytes, "dense_bytes": dense_bytes, "file_bytes": file_bytes,
             "compression": dense_bytes / file_bytes}
-  return Summary(layers, totals)
+  return content, Summary(layers, totals)
 
 
 class _Reader:

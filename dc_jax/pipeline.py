@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from dc_jax import atomic, codec, data, models, prune, report, sensitivity, share, train
+from dc_jax import atomic, codec, data, distributed, models, prune, report, sensitivity, share, train
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -37,15 +38,20 @@ def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
 
 
 def record(workdir: Path, keys: tuple[str, ...], entry: Any) -> dict[str, Any]:
-  """Sets results[keys[0]]...[keys[-1]] = entry in the workdir's results.json; returns the whole file."""
+  """Sets results[keys[0]]...[keys[-1]] = entry in the workdir's results.json; returns the whole file.
+
+  Process 0 writes it; every process reads it back once all have reached the barrier.
+  """
   path = workdir / RESULTS_FILE
-  results = json.loads(path.read_text()) if path.exists() else {"stages": {}}
-  node = results
-  for key in keys[:-1]:
-    node = node.setdefault(key, {})
-  node[keys[-1]] = entry
-  write_json_atomically(path, results)
-  return results
+  if distributed.is_primary():
+    results = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+    node = results
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = entry
+    write_json_atomically(path, results)
+  distributed.barrier(f"record {'/'.join(keys)}")
+  return json.loads(path.read_text())
 
 
 def check_compatible(model_config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:
@@ -183,6 +189,7 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   Clustering is deterministic, so a resumed run clusters again and restores
   the fine-tuned codebooks over it.
   """
+  start = time.perf_counter()
   masks = prune.masks_of(pruned.opt_state)
   shared, layers = share.quantize(pruned.params, masks, sharing_plan(config.share, config.seed))
   trainable, frozen = share.split(shared)
@@ -204,6 +211,7 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
       "init": config.share.init,
       "reduction": config.share.reduction,
       "layers": layers,
+      "seconds": time.perf_counter() - start,
   }
 
 
@@ -238,8 +246,12 @@ def _check_decoded(written: Any, decoded: Any, path: Path) -> None:
 def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
                         state: share.SharedTrainState, path: Path) -> dict[str, Any]:
   """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
+  start = time.perf_counter()
   variables = {"params": state.shared_params(), "batch_stats": state.batch_stats}
-  summary = codec.write(path, variables, index_bits(config.codec))
+  content, summary = codec.encode(variables, index_bits(config.codec))
+  if distributed.is_primary():
+    atomic.write_bytes(path, content)
+  distributed.barrier(f"write {path.name}")
   decoded = codec.read(path)
   _check_decoded(variables, decoded, path)
   test = evaluate_variables(model, decoded, dataset, config.train)
@@ -253,6 +265,7 @@ def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset
       "compression_ratio": summary.totals["compression"],
       "layers": summary.layers,
       "totals": summary.totals,
+      "seconds": time.perf_counter() - start,
   }
 
 
@@ -296,6 +309,7 @@ def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Everything that can be checked without data or training: stages, plans, patterns, the file's widths."""
+  distributed.check_config(config.distributed)
   check_stages(config.stages)
   model = models.create_model(config.model, 10)
   shape = (1, *models.INPUT_SHAPES[config.model.name])
@@ -397,9 +411,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   check_compatible(config.model, dataset)
   model = models.create_model(config.model, dataset.num_classes)
   workdir.mkdir(parents=True, exist_ok=True)
-  for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
-    stale.unlink()
+  if distributed.is_primary():
+    for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
+      stale.unlink()
 
+  # Each stage's "seconds" is its wall time in this process: on a rerun, restoring (and evaluating) it.
+  start = time.perf_counter()
   dense = train_baseline(config, dataset, model, workdir)
   test = train.evaluate(dense, dataset, config.train.eval_batch_size, config.train.eval_batches)
   results = record(workdir, ("stages", "baseline"), {
@@ -407,6 +424,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
       "test_examples": test["examples"],
       "params": train.count_params(dense.params),
       "steps": int(dense.step),
+      "seconds": time.perf_counter() - start,
       **({"start_from": config.start_from} if config.start_from else {}),
   })
   derived = None
@@ -415,6 +433,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     results = json.loads((workdir / RESULTS_FILE).read_text())
   pruned = shared = None
   if "pruned" in config.stages:
+    start = time.perf_counter()
     plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
     pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
     layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
@@ -428,6 +447,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
         "kept_weights": totals["kept"],
         "layers": layers,
         "rounds": rounds,
+        "seconds": time.perf_counter() - start,
     })
   if "shared" in config.stages:
     shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
@@ -443,9 +463,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
       else:
         point = sweep_point(config, dataset, model, pruned, workdir, k)
       results = record(workdir, ("sweep", f"k={k}"), point)
-  figures = make_figures(workdir, config, results, dense, pruned, shared)
-  path = report.write_report(workdir, results, config.model.name, command, figures)
-  print(f"report: {path}", flush=True)
+  if distributed.is_primary():
+    figures = make_figures(workdir, config, results, dense, pruned, shared)
+    path = report.write_report(workdir, results, config.model.name, command, figures)
+    print(f"report: {path}", flush=True)
   return results
 
 
@@ -463,4 +484,5 @@ def sweep_point(config: ml_collections.ConfigDict, dataset: data.Dataset, model:
 def _sweep_entry(k: int, shared: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:
   return {"k": k, "test_accuracy": encoded["test_accuracy"],
           "test_accuracy_before_finetune": shared["test_accuracy_before_finetune"],
-          "file": encoded["file"], "file_bytes": encoded["file_bytes"], "compression_ratio": encoded["compression_ratio"]}
+          "file": encoded["file"], "file_bytes": encoded["file_bytes"],
+          "compression_ratio": encoded["compression_ratio"], "seconds": shared["seconds"] + encoded["seconds"]}

@@ -38,17 +38,23 @@ def _ratio(value: float | None) -> str:
   return "" if value is None or not math.isfinite(value) else f"{value:.1f}x"
 
 
+def _seconds(value: float | None) -> str:
+  return "" if value is None else f"{value:,.1f} s"
+
+
 def stage_table(results: dict[str, Any]) -> str:
-  """Accuracy, error and size after each stage that ran."""
+  """Accuracy, error and size after each stage that ran, and the wall time it took in the run that wrote it."""
   stages = results["stages"]
   dense_bytes = stages["encoded"]["dense_bytes"] if "encoded" in stages else 4 * stages["baseline"]["params"]
-  rows = ["| stage | test accuracy | error | weights kept | size | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+  rows = ["| stage | test accuracy | error | weights kept | size | ratio | time |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
   for name, entry in stages.items():
     kept = entry.get("kept_fraction") if name == "pruned" else None
     size = entry.get("file_bytes") if name == "encoded" else (dense_bytes if name == "baseline" else None)
     ratio = entry.get("compression_ratio") if name == "encoded" else (entry.get("compression") if kept else None)
     rows.append(f"| {name} | {_percent(entry['test_accuracy'])} | {_percent(1 - entry['test_accuracy'])} | "
-                f"{_percent(kept)} | {'' if size is None else f'{size:,} B'} | {_ratio(ratio)} |")
+                f"{_percent(kept)} | {'' if size is None else f'{size:,} B'} | {_ratio(ratio)} | "
+                f"{_seconds(entry.get('seconds'))} |")
   return "\n".join(rows)
 
 

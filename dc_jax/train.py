@@ -8,7 +8,9 @@ replays exactly what an uninterrupted one would.
 Data parallelism: every batch is split over all devices along its first axis
 and the state (parameters, optimizer state with its masks, codebooks) is
 replicated; the jitted steps are written for one device and XLA partitions
-them, so results match a single device's up to float summation order.
+them, so results match a single device's up to float summation order. In a
+multi-process run (see distributed.py) the mesh spans every process's devices:
+each process draws the same global batches and places its own rows.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from dc_jax import data
+from dc_jax import data, distributed
 from dc_jax.errors import ConfigError
 
 
@@ -75,10 +77,25 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = "train.batch_size
                       f"valid: a multiple of the device count {devices}")
 
 
+def process_rows(rows: int, sharding: NamedSharding) -> np.ndarray:
+  """A mask of the global batch's `rows` that this process's devices hold under `sharding`: all in one process."""
+  mine = np.zeros(rows, bool)
+  for index in sharding.addressable_devices_indices_map((rows,)).values():
+    mine[index[0]] = True
+  return mine
+
+
 def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """The batch split along its first axis over the devices of `mesh`, whose count must divide it."""
-  check_batch_size(len(batch["label"]), mesh)
-  return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
+  """The global batch split along its first axis over the devices of `mesh`, whose count must divide it.
+
+  Every process holds the same global batch and hands JAX only its own rows.
+  """
+  rows = len(batch["label"])
+  check_batch_size(rows, mesh)
+  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  mine = process_rows(rows, sharding)
+  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)[mine], np.shape(value))
+          for name, value in batch.items()}
 
 
 def pad_eval_batch(batch: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
@@ -192,6 +209,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainSt
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
+  """One JSON line, written by process 0 only."""
+  if not distributed.is_primary():
+    return
   with path.open("a") as f:
     f.write(json.dumps(record) + "\n")
 
