@@ -8,10 +8,10 @@ weight equals it. It runs here in PyTorch (CPU) when torch is installed, and
 reimplemented in numpy (the same passes over the tensor, on the same CPU),
 twice: finding the values with np.unique as it does, and with the codebook
 handed over (its loop alone). Ours is the jitted VJP of `share.lookup`, as
-fine-tuning runs it: a gather of the kept weights' gradients (the positions
-are fixed while fine-tuning) and one segment_sum over their indices; and,
-for comparison, the same VJP without kept positions (a pass over the whole
-layer).
+fine-tuning runs it: a gather of the kept weights' gradients and one
+segment_sum over their indices (positions and indices are fixed while
+fine-tuning, so `share.split` computes them once); and, for comparison, the
+same VJP without them (a pass over the whole layer).
 """
 
 import sys
@@ -56,7 +56,7 @@ def loop_over_codebook(weight: np.ndarray, weight_grad: np.ndarray, codebook: np
 
 @jax.jit
 def centroid_grads(codebook: jax.Array, indices: jax.Array, mask: jax.Array, weight_grad: jax.Array,
-                   kept: jax.Array | None = None) -> jax.Array:
+                   kept: share.KeptWeights | None = None) -> jax.Array:
   _, vjp = jax.vjp(lambda c: share.lookup(c, indices, mask, "sum", kept), codebook)
   return vjp(weight_grad)[0]
 
@@ -72,9 +72,9 @@ def main(argv):
   weight = np.where(mask, codebook[indices], 0).astype(np.float32)
   weight_grad = rng.standard_normal((n, n)).astype(np.float32)
   on_device = [jnp.asarray(a) for a in (codebook, indices, mask, weight_grad)]
-  kept = share.kept_positions(mask)
+  kept = share.kept_weights(indices, mask)
 
-  ours = "share.lookup VJP, kept positions"
+  ours = "share.lookup VJP, kept weights"
   contenders = {
       ours: lambda: centroid_grads(*on_device, kept),
       "share.lookup VJP, whole layer": lambda: centroid_grads(*on_device),

@@ -14,7 +14,7 @@ import functools
 import numbers
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,14 +35,14 @@ PerLayerCount = int | Sequence[tuple[str, int]]
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def lookup(codebook: jax.Array, indices: jax.Array, mask: jax.Array, reduction: str = "sum",
-           kept: jax.Array | None = None) -> jax.Array:
+           kept: KeptWeights | None = None) -> jax.Array:
   """`codebook[indices]` where `mask`, else 0; a centroid's gradient is its weights' gradients summed (Eq. 3).
 
   The backward pass is an explicit `segment_sum` over the indices, or their
   mean with `reduction="mean"`; indices and mask get no gradient. Given
-  `kept`, the flat positions where `mask` is True (see `kept_positions`), it
-  reads only the kept weights' gradients: a pruned layer's backward pass then
-  touches a few percent of the layer instead of all of it.
+  `kept` (see `kept_weights`), it reads only the kept weights' gradients: a
+  pruned layer's backward pass then touches a few percent of the layer
+  instead of all of it.
   """
   del kept  # Used by the backward pass only.
   return jnp.where(mask, codebook[indices], jnp.zeros((), codebook.dtype))
@@ -60,9 +60,9 @@ def _lookup_bwd(reduction, residuals, weight_grads):
     segments = indices.ravel()
     weights = mask.ravel()
   else:
-    members = weight_grads.ravel()[kept]
-    segments = indices.ravel()[kept]
-    weights = jnp.ones_like(kept, dtype=bool)
+    members = weight_grads.ravel()[kept.positions]
+    segments = kept.indices
+    weights = jnp.ones_like(segments, dtype=bool)
   grads = jax.ops.segment_sum(members, segments, num_segments=k)
   if reduction == "mean":
     counts = jax.ops.segment_sum(weights.astype(grads.dtype), segments, num_segments=k)
@@ -73,9 +73,18 @@ def _lookup_bwd(reduction, residuals, weight_grads):
 lookup.defvjp(_lookup_fwd, _lookup_bwd)
 
 
-def kept_positions(mask: jax.Array | np.ndarray) -> jax.Array:
-  """The flat (row-major) positions where `mask` is True, int32: what `lookup`'s fast backward pass reads."""
-  return jnp.asarray(np.flatnonzero(np.asarray(mask)).astype(np.int32))
+class KeptWeights(NamedTuple):
+  """Where a mask keeps weights, and their clusters: fixed while fine-tuning, so computed once."""
+
+  positions: jax.Array  # int32: flat (row-major) positions where the mask is True, ascending.
+  indices: jax.Array  # int32: the cluster of each (XLA:CPU scatters with int32 ids faster than with uint8).
+
+
+def kept_weights(indices: jax.Array | np.ndarray, mask: jax.Array | np.ndarray) -> KeptWeights:
+  """What `lookup`'s fast backward pass reads (gathering the indices there in each step would cost as much again)."""
+  positions = np.flatnonzero(np.asarray(mask)).astype(np.int32)
+  clusters = np.asarray(indices).ravel()[positions].astype(np.int32)
+  return KeptWeights(jnp.asarray(positions), jnp.asarray(clusters))
 
 
 @struct.dataclass
@@ -83,14 +92,14 @@ class SharedKernel:
   """A weight-shared kernel: `codebook[indices]` where `mask`, exactly 0 elsewhere.
 
   Indices at pruned positions are 0, so that equal kernels have equal arrays.
-  `kept` is derived from `mask` for training only (`split` adds it; it is
-  not stored in files).
+  `kept` is derived from `indices` and `mask`, for training only (`split`
+  adds it; files do not store it).
   """
 
   codebook: jax.Array  # float32[k]: the shared values (centroids), sorted.
   indices: jax.Array  # The kernel's shape, the narrowest unsigned dtype that holds k - 1.
   mask: jax.Array  # The kernel's shape, bool; True = kept by pruning.
-  kept: jax.Array | None = None  # int32 flat positions where mask, or None; speeds up the backward pass.
+  kept: KeptWeights | None = None  # Derived from indices and mask, or None; speeds up the backward pass.
 
   def materialize(self, reduction: str = "sum") -> jax.Array:
     return lookup(self.codebook, self.indices, self.mask, reduction, self.kept)
@@ -398,12 +407,12 @@ def materialize(shared: Params, reduction: str = "sum") -> Params:
 def split(shared: Params) -> tuple[Params, Params]:
   """(trainable, frozen): codebooks in place of SharedKernels, and the kernels without their codebooks.
 
-  The frozen kernels carry their kept positions, so that fine-tuning's
+  The frozen kernels carry their kept weights' positions and indices, so that fine-tuning's
   centroid gradients read only the surviving weights' gradients.
   """
   trainable = jax.tree.map(lambda leaf: leaf.codebook if is_shared(leaf) else leaf, shared, is_leaf=is_shared)
   frozen = jax.tree.map(
-      lambda leaf: leaf.replace(codebook=None, kept=kept_positions(leaf.mask)) if is_shared(leaf) else None,
+      lambda leaf: leaf.replace(codebook=None, kept=kept_weights(leaf.indices, leaf.mask)) if is_shared(leaf) else None,
       shared, is_leaf=is_shared)
   return trainable, frozen
 

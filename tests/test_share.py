@@ -95,7 +95,7 @@ def test_quantize_shares_only_the_selected_kernels_with_the_narrowest_index_dtyp
   chex.assert_trees_all_equal(dense["ip3"], params["ip3"])
 
 
-def test_split_then_merge_is_the_identity_plus_kept_positions():
+def test_split_then_merge_is_the_identity_plus_kept_weights():
   _, params, masks = _pruned_lenet()
   shared, _ = share.quantize(params, masks, share.Plan(k=8))
   trainable, frozen = share.split(shared)
@@ -104,20 +104,22 @@ def test_split_then_merge_is_the_identity_plus_kept_positions():
   for name in ("ip1", "ip2", "ip3"):
     kernel, original = merged[name]["kernel"], shared[name]["kernel"]
     chex.assert_trees_all_equal(kernel.replace(kept=None), original)
-    np.testing.assert_array_equal(kernel.kept, np.flatnonzero(np.asarray(original.mask)))
+    positions = np.flatnonzero(np.asarray(original.mask))
+    np.testing.assert_array_equal(kernel.kept.positions, positions)
+    np.testing.assert_array_equal(kernel.kept.indices, np.asarray(original.indices).ravel()[positions])
     chex.assert_trees_all_equal(merged[name]["bias"], shared[name]["bias"])
 
 
 @pytest.mark.parametrize("reduction", share.REDUCTIONS)
-@pytest.mark.parametrize("with_kept_positions", [False, True])
-def test_centroid_gradient_is_the_segment_sum_of_its_weights_gradients(reduction, with_kept_positions):
+@pytest.mark.parametrize("with_kept_weights", [False, True])
+def test_centroid_gradient_is_the_segment_sum_of_its_weights_gradients(reduction, with_kept_weights):
   keys = jax.random.split(jax.random.key(0), 4)
   codebook = jnp.sort(jax.random.normal(keys[0], (7,)))
   indices = jax.random.randint(keys[1], (40, 30), 0, 7).astype(jnp.uint8)
   mask = jax.random.bernoulli(keys[2], 0.3, (40, 30))
   indices = jnp.where(mask, indices, 0).astype(jnp.uint8)  # As quantize leaves them.
   target = jax.random.normal(keys[3], (40, 30))
-  kept = share.kept_positions(mask) if with_kept_positions else None
+  kept = share.kept_weights(indices, mask) if with_kept_weights else None
 
   def loss(lookup_fn, c):
     return jnp.sum(jnp.sin(lookup_fn(c) * target))
