@@ -20,7 +20,7 @@ import numpy as np
 
 MAX_LENGTH = 24  # Default length limit: codes span at most 2 of the 32-bit words `encode` packs.
 _WORD = 32  # Bits per word; decoding follows codewords one word at a time.
-_LOG2_WORD = 5  # Doubling rounds: 2**5 hops cover every codeword that starts in one word.
+_LOG2_WORD = 5  # Bits of a bit offset within a word.
 _CHUNK_SYMBOLS = 1 << 20  # Encoding works on this many symbols at a time to bound memory.
 _CHUNK_WORDS = 1 << 15  # Decoding works on this many words (1 Mbit) at a time; a power of 2.
 _TABLE_BITS = 16  # Decoding looks up code lengths in a table indexed by this many leading bits.
@@ -210,14 +210,22 @@ def _compose_scan(maps: np.ndarray, entry: int) -> np.ndarray:
   return states
 
 
+def _doubling_rounds(lengths: np.ndarray) -> int:
+  """R such that 2**R hops leave any word: at most ceil(32 / shortest length) codewords start in one."""
+  lengths = np.asarray(lengths)
+  shortest = int(np.min(lengths[lengths > 0]))
+  return max(1, (-(-_WORD // shortest) - 1).bit_length())
+
+
 def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
   """The `count` symbols that `encode(symbols, lengths)` packed into `data`.
 
   Where each codeword starts depends on every codeword before it, so instead
   of walking the stream, this computes the code length at every bit position
   and, per 32-bit word, where a walk entering at offset s would leave it
-  (pointer doubling, 5 rounds). A walk enters a word at offset < L (a code
-  started before it ends within L - 1 bits), so each word is a map on 0..L-1;
+  (pointer doubling: 5 rounds, fewer when the shortest code is longer than 1
+  bit). A walk enters a word at offset < L (a code started before it ends
+  within L - 1 bits), so each word is a map on 0..L-1;
   an associative scan of these maps gives every word's true entry, and the
   doubling tables then give each codeword's start by the binary digits of its
   rank in the word. Work is ~30 vectorised operations per bit of `data`.
@@ -246,7 +254,8 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
   mask = np.uint64((1 << max_length) - 1)
   # jumps[k, w, s]: offset in word w after 2**k codewords from offset s, or the first offset >= 32 once
   # the walk leaves the word; columns 32..63 map to themselves so that a walk that left stays put.
-  all_jumps = np.empty((_LOG2_WORD + 1, min(pairs.size, _CHUNK_WORDS), 2 * _WORD), np.uint8)
+  rounds = _doubling_rounds(lengths)
+  all_jumps = np.empty((rounds + 1, min(pairs.size, _CHUNK_WORDS), 2 * _WORD), np.uint8)
   all_jumps[:, :, _WORD:] = np.arange(_WORD, 2 * _WORD, dtype=np.uint8)
   all_rows = np.arange(all_jumps.shape[1], dtype=np.intp) * (2 * _WORD)
   out, found, entry = [], 0, 0
@@ -257,17 +266,17 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
     windows = (chunk[:, None] >> (np.uint64(2 * _WORD - max_length) - offsets)) & mask
     hop = jumps[0, :, :_WORD]
     hop[:] = np.arange(_WORD, dtype=np.uint8) + _code_length_at(table, length_table, table_bits, windows)
-    for k in range(_LOG2_WORD):
+    for k in range(rounds):
       jumps[k + 1, :, :_WORD] = np.take(jumps[k], rows[:, None] + jumps[k, :, :_WORD])
     # Where a walk entering at offset s < L enters the next word; padded to a power of 2 words for the scan.
-    leave = jumps[_LOG2_WORD, :, :max_length] - np.uint8(_WORD)
+    leave = jumps[rounds, :, :max_length] - np.uint8(_WORD)
     maps = np.zeros((1 << (n_words - 1).bit_length(), max_length), np.uint8)
     maps[:n_words] = leave
     starts = _compose_scan(maps, entry)[:n_words]
     entry = int(leave[-1, starts[-1]])
     # Codewords per word: the walk from its entry, by binary lifting over the doubling tables.
     position, in_word = starts.astype(np.intp), np.ones(n_words, np.intp)
-    for k in reversed(range(_LOG2_WORD)):
+    for k in reversed(range(rounds)):
       step = np.take(jumps[k], rows + position)
       inside = step < _WORD
       position = np.where(inside, step, position)
@@ -278,7 +287,7 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
     rank = np.arange(take) - np.repeat(np.cumsum(in_word) - in_word, in_word)[:take]
     base = word * (2 * _WORD)
     position = starts[word].astype(np.intp)
-    for k in range(_LOG2_WORD):
+    for k in range(rounds):
       position = np.where((rank >> k) & 1, np.take(jumps[k], base + position), position)
     at = word * _WORD + position
     length = np.take(jumps[0], base + position).astype(np.int64) - position

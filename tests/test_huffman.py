@@ -83,6 +83,16 @@ def test_round_trip_of_a_stream_spanning_several_chunks():
   np.testing.assert_array_equal(huffman.decode(huffman.encode(symbols, lengths), lengths, symbols.size), symbols)
 
 
+@pytest.mark.parametrize("shortest", [1, 2, 3, 4, 5, 8, 9, 16, 17])
+def test_decode_needs_fewer_doubling_rounds_only_as_codes_get_longer(shortest):
+  """Words packed as full as the shortest code allows: 32, 16, 8, 4, 2 codewords are the rounds' limits."""
+  lengths = np.array([shortest] * (2 ** shortest - 1) + [shortest + 1] * 2)  # A complete code.
+  symbols = np.random.default_rng(shortest).integers(0, lengths.size, 5000)
+  symbols[:1000] = 0  # 1000 shortest codes in a row: every word holds as many codewords as it can.
+  decoded = huffman.decode(huffman.encode(symbols, lengths), lengths, symbols.size)
+  np.testing.assert_array_equal(decoded, symbols)
+
+
 def test_one_symbol_stream_takes_one_bit_per_symbol():
   lengths = huffman.code_lengths(np.array([0, 0, 5, 0]))
   np.testing.assert_array_equal(lengths, [0, 0, 1, 0])
