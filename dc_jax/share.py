@@ -418,7 +418,7 @@ def split(shared: Params) -> tuple[Params, Params]:
 
 
 def merge(trainable: Params, frozen: Params) -> Params:
-  """The inverse of `split`."""
+  """The inverse of `split`, whose kept weights the kernels keep: they change no value, only the gradient's cost."""
   return jax.tree.map(lambda kernel, leaf: leaf if kernel is None else kernel.replace(codebook=leaf),
                       frozen, trainable, is_leaf=lambda x: x is None or is_shared(x))
 

@@ -8,7 +8,8 @@ from dc_jax.errors import ConfigError
 from dc_jax.models.lenet import LeNet5, LeNet300100
 from dc_jax.models.vgg import VGG
 
-__all__ = ["VGG", "LeNet300100", "LeNet5", "create_model", "compute_dtype", "MODEL_NAMES", "INPUT_SHAPES", "COMPUTE_DTYPES"]
+__all__ = ["VGG", "LeNet300100", "LeNet5", "create_model", "compute_dtype", "MODEL_NAMES", "INPUT_SHAPES",
+           "COMPUTE_DTYPES"]
 
 MODEL_NAMES = ("vgg", "lenet300_100", "lenet5")
 
