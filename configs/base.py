@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batches = -1  # -1 = the whole test set; fewer for smoke runs.
   config.train.log_every_steps = 50  # Train metrics into metrics.jsonl every this many steps.
   config.train.checkpoint_every_epochs = 1
+  config.train.param_sharding = "replicated"  # replicated | sharded: large arrays split over devices (FSDP-like).
 
   config.stages = ("baseline", "pruned", "shared", "encoded")  # Which stages to run, in pipeline order.
   config.start_from = ""  # A workdir (or checkpoint folder) of a trained dense model: restored, not trained.

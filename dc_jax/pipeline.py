@@ -310,6 +310,7 @@ def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Everything that can be checked without data or training: stages, plans, patterns, the file's widths."""
   distributed.check_config(config.distributed)
+  train.check_param_sharding(config.train.param_sharding)
   check_stages(config.stages)
   model = models.create_model(config.model, 10)
   shape = (1, *models.INPUT_SHAPES[config.model.name])

@@ -7,8 +7,11 @@ replays exactly what an uninterrupted one would.
 
 Data parallelism: every batch is split over all devices along its first axis
 and the state (parameters, optimizer state with its masks, codebooks) is
-replicated; the jitted steps are written for one device and XLA partitions
-them, so results match a single device's up to float summation order. In a
+replicated, or with `train.param_sharding = "sharded"` its large arrays are
+split over the same devices (as ZeRO-3 / FSDP: each device stores a slice,
+XLA gathers what a step needs); the jitted steps are written for one device
+and XLA partitions them, so results match a single device's up to float
+summation order. In a
 multi-process run (see distributed.py) the mesh spans every process's devices:
 each process draws the same global batches and places its own rows.
 """
@@ -65,8 +68,35 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """`tree` with a full copy of every array on each device of `mesh`: how states are placed."""
+  """`tree` with a full copy of every array on each device of `mesh`: how states are placed by default."""
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+PARAM_SHARDINGS = ("replicated", "sharded")
+MIN_SHARDED_SIZE = 1 << 16  # Smaller arrays stay replicated: a slice of them saves little memory.
+
+
+def check_param_sharding(mode: str) -> None:
+  if mode not in PARAM_SHARDINGS:
+    raise ConfigError(f"train.param_sharding={mode!r} is not a placement; valid: {', '.join(PARAM_SHARDINGS)}")
+
+
+def array_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+  """A large array split along its longest axis that the device count divides; others replicated."""
+  devices = mesh.devices.size
+  axes = [axis for axis, size in enumerate(shape) if size % devices == 0]
+  if devices == 1 or math.prod(shape) < MIN_SHARDED_SIZE or not axes:
+    return NamedSharding(mesh, PartitionSpec())
+  split = max(axes, key=lambda axis: shape[axis])
+  return NamedSharding(mesh, PartitionSpec(*(BATCH_AXIS if axis == split else None for axis in range(len(shape)))))
+
+
+def place(tree: Any, mesh: Mesh, param_sharding: str = "replicated") -> Any:
+  """`tree` on the devices of `mesh`, replicated or (param_sharding="sharded") with its large arrays split."""
+  check_param_sharding(param_sharding)
+  if param_sharding == "replicated":
+    return replicate(tree, mesh)
+  return jax.tree.map(lambda leaf: jax.device_put(leaf, array_sharding(np.shape(leaf), mesh)), tree)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> None:
@@ -228,14 +258,15 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
   as JSON lines. Batches are split over the devices of `mesh` (default: all)
-  and the state is replicated on each. Returns the final state (restored, if
-  training had finished).
+  and the state is placed by `config.param_sharding`. Returns the final state
+  (restored, if training had finished), replicated: what follows (pruning,
+  clustering, coding) reads whole arrays on the host.
   """
   mesh = data_mesh() if mesh is None else mesh
   check_batch_size(config.batch_size, mesh)
   steps = steps_in_epoch(dataset, config)
   manager = checkpoint_manager(checkpoint_dir)
-  state = restore_latest(manager, replicate(state, mesh))
+  state = restore_latest(manager, place(state, mesh, config.param_sharding))
   dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
   first_epoch = int(state.step) // steps
   try:
@@ -260,4 +291,4 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   finally:
     manager.wait_until_finished()
     manager.close()
-  return state
+  return replicate(state, mesh)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 from pathlib import Path
 
 import chex
@@ -27,9 +28,9 @@ DEVICES = 8
 STEPS = 3
 
 
-def _steps(state, batch, mesh):
-  """STEPS train steps on the same global batch; the losses and the final state, fetched to the host."""
-  state, batch = train.replicate(state, mesh), train.shard_batch(batch, mesh)
+def _steps(state, batch, mesh, param_sharding="replicated"):
+  """STEPS train steps on the same global batch; the losses and the final state."""
+  state, batch = train.place(state, mesh, param_sharding), train.shard_batch(batch, mesh)
   losses = []
   for _ in range(STEPS):
     state, metrics = train.train_step(state, batch, jax.random.key(1))
@@ -48,7 +49,22 @@ def _assert_same_training(state, batch, one, many):
                               atol=1e-6, rtol=1e-5)
   for leaf in jax.tree.leaves(state_many):  # Every array of the state stays replicated.
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES
+  _assert_same_training_sharded(state, batch, one, many, losses_one, state_one)
   return state_many
+
+
+def _assert_same_training_sharded(state, batch, one, many, losses_one, state_one):
+  """param_sharding="sharded": the same training, with every large array split over the devices and kept so."""
+  losses, sharded = _steps(state, batch, many, "sharded")
+  np.testing.assert_allclose(losses, losses_one, rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(sharded), jax.device_get(state_one), atol=1e-6, rtol=1e-5)
+  split = 0
+  for leaf in jax.tree.leaves(sharded):
+    assert leaf.sharding.is_equivalent_to(train.array_sharding(leaf.shape, many), leaf.ndim), leaf.sharding
+    if not leaf.sharding.is_fully_replicated:
+      split += 1
+      assert sum(shard.data.size for shard in leaf.addressable_shards) == leaf.size  # One slice per device.
+  assert split >= 1  # ip1's 784x300 kernel at least (and its momentum, mask or indices).
 
 
 def _check_batch_is_split(batch, many):
@@ -74,9 +90,16 @@ def _check_fit_and_evaluate(dataset, one, many, workdir):
   assert results[0]["examples"] == results[1]["examples"] == 100
   np.testing.assert_allclose(results[1]["accuracy"], results[0]["accuracy"])
   np.testing.assert_allclose(results[1]["loss"], results[0]["loss"], rtol=1e-5)
-  # Restoring the finished run (8-device checkpoint) gives the same state back.
+  # Restoring the finished run (8-device checkpoint) gives the same state back, replicated or sharded.
   again = train.fit(state, dataset, config, 0, workdir / f"ckpt{DEVICES}", workdir / "metrics.jsonl", None, many)
   chex.assert_trees_all_equal(jax.device_get(again.params), jax.device_get(fitted[DEVICES].params))
+  config.param_sharding = "sharded"
+  restored = train.fit(state, dataset, config, 0, workdir / f"ckpt{DEVICES}", workdir / "metrics.jsonl", None, many)
+  chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(fitted[DEVICES].params))
+  sharded = train.fit(state, dataset, config, 0, workdir / "sharded", workdir / "metrics.jsonl", None, many)
+  chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(fitted[1].params), atol=1e-6, rtol=1e-5)
+  assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))  # fit hands back whole arrays.
+  config.param_sharding = "replicated"
   config.batch_size = 12
   with pytest.raises(ConfigError, match=f"train.batch_size=12 does not split over {DEVICES} devices"):
     train.fit(state, dataset, config, 0, workdir / "bad", workdir / "metrics.jsonl", None, many)
@@ -112,7 +135,8 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as workdir:
     _check_fit_and_evaluate(dataset, one, many, Path(workdir))
-  print("fit and evaluate: same results; a batch size that does not split is a ConfigError", flush=True)
+  print("fit and evaluate: same results, replicated or sharded; a batch size that does not split is a ConfigError",
+        flush=True)
 
 
 def test_training_on_8_devices_matches_1_device_for_dense_pruned_and_shared_states():
@@ -129,6 +153,21 @@ def test_an_eval_batch_is_padded_with_masked_rows_to_a_multiple_of_the_devices()
   chex.assert_shape(padded["image"], (8, 2))
   np.testing.assert_array_equal(padded["mask"], [True] * 5 + [False] * 3)
   assert train.pad_eval_batch(batch, 5) is batch
+
+
+def test_only_large_arrays_are_split_along_an_axis_the_device_count_divides():
+  mesh = train.data_mesh()
+  assert train.array_sharding((784, 300), mesh).is_fully_replicated  # One device: nothing to split.
+
+  class FakeMesh:  # array_sharding reads the device count only; NamedSharding needs a real mesh.
+    devices = np.zeros(8)
+  with mock.patch.object(train, "NamedSharding", lambda mesh, spec: spec):
+    assert train.array_sharding((784, 300), FakeMesh) == PartitionSpec(train.BATCH_AXIS, None)
+    assert train.array_sharding((3, 3, 512, 512), FakeMesh) == PartitionSpec(None, None, train.BATCH_AXIS, None)
+    assert train.array_sharding((300, 100), FakeMesh) == PartitionSpec()  # 30K values: replicated.
+    assert train.array_sharding((4097, 33), FakeMesh) == PartitionSpec()  # No axis divides.
+  with pytest.raises(ConfigError, match="train.param_sharding='fsdp'"):
+    train.place({}, mesh, "fsdp")
 
 
 def test_on_one_device_the_batch_and_state_are_placed_on_it():
