@@ -11,9 +11,9 @@ replicated, or with `train.param_sharding = "sharded"` its large arrays are
 split over the same devices (as ZeRO-3 / FSDP: each device stores a slice,
 XLA gathers what a step needs); the jitted steps are written for one device
 and XLA partitions them, so results match a single device's up to float
-summation order. In a
-multi-process run (see distributed.py) the mesh spans every process's devices:
-each process draws the same global batches and places its own rows.
+summation order. In a multi-process run (see distributed.py) the mesh spans
+every process's devices: each process draws the same global batches and
+places its own rows.
 """
 
 from __future__ import annotations

@@ -53,8 +53,10 @@ def _initial_state(dataset):
   return train.create_train_state(jax.random.key(0), models.LeNet300100(), dataset.image_shape, tx)
 
 
-def _fit(state, dataset, workdir, mesh=None):
-  return train.fit(state, dataset, _config().train, 0, workdir / "ckpt", workdir / "metrics.jsonl", None, mesh)
+def _fit(state, dataset, workdir, mesh=None, param_sharding="replicated"):
+  config = _config().train
+  config.param_sharding = param_sharding
+  return train.fit(state, dataset, config, 0, workdir / "ckpt", workdir / "metrics.jsonl", None, mesh)
 
 
 def _flat_params(state) -> dict[str, np.ndarray]:
@@ -62,7 +64,7 @@ def _flat_params(state) -> dict[str, np.ndarray]:
 
 
 def worker(process_id: str, port: str, workdir: str) -> None:
-  """One of the processes: joins, trains on the global mesh, resumes the finished run, writes a record."""
+  """One of the processes: joins, trains on the global mesh (replicated, then sharded), resumes, writes a record."""
   distributed.initialize(_config(enabled=True, coordinator_address=f"localhost:{port}",
                                  num_processes=PROCESSES, process_id=int(process_id)).distributed)
   assert jax.process_count() == PROCESSES and jax.device_count() == PROCESSES * DEVICES_PER_PROCESS
@@ -72,6 +74,8 @@ def worker(process_id: str, port: str, workdir: str) -> None:
   state = _fit(initial, dataset, workdir)
   resumed = _fit(initial, dataset, workdir)  # Restores the finished run's checkpoint on both processes.
   chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(state.params))
+  sharded = _fit(initial, dataset, workdir / "sharded", param_sharding="sharded")  # ip1 split across processes.
+  chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(state.params), atol=1e-6, rtol=1e-5)
   test = train.evaluate(state, dataset, 50, 2)
   np.savez(workdir / f"params_{process_id}.npz", **_flat_params(state))
   results = pipeline.record(workdir, ("stages", "baseline"), {"test_accuracy": test["accuracy"]})
