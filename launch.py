@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dc_jax import distributed, pipeline
-from dc_jax.errors import UserError
+from dc_jax.errors import FULL_DISK, UserError, write_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results; default: runs/<config name>.")
@@ -47,6 +47,10 @@ def main(argv: list[str]) -> None:
     results = pipeline.run(_CONFIG.value, workdir, command=" ".join(["python", *sys.argv]))
   except UserError as e:
     sys.exit(f"error: {e}")
+  except OSError as e:
+    if e.errno not in FULL_DISK:
+      raise
+    sys.exit(f"error: {write_error(e.filename or workdir, 'a file', e)}")  # Metrics, figures: any file of the run.
   for stage, entry in results["stages"].items():
     print(f"{stage}: test accuracy {entry['test_accuracy']:.4f}")
   print(f"results: {Path(workdir) / pipeline.RESULTS_FILE}")

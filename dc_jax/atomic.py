@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from dc_jax import distributed
+from dc_jax.errors import write_error
+
+
+def current_umask() -> int:
+  """The process's umask (Linux shows it in /proc; elsewhere it is set and restored)."""
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def write_bytes(path: Path, content: bytes) -> None:
-  """Writes to a temporary file beside `path`, fsyncs, then renames: `path` is whole or untouched."""
+  """Writes to a temporary file beside `path`, fsyncs, then renames: `path` is whole or untouched.
+
+  The file gets the mode any new file gets (0666 less the umask), not
+  mkstemp's 0600. A failed write (a full disk) is a one-line WriteError.
+  """
+  try:
+    _write_atomically(Path(path), content)
+  except OSError as e:
+    error = write_error(path, "the file", e)
+    if error is None:
+      raise
+    raise error from e
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
+      os.fchmod(f.fileno(), 0o666 & ~current_umask())
       f.write(content)
       f.flush()
       os.fsync(f.fileno())
@@ -24,3 +60,35 @@ def write_bytes(path: Path, content: bytes) -> None:
     os.fsync(folder)  # The rename itself survives a crash.
   finally:
     os.close(folder)
+
+
+class _OrbaxErrors(logging.Filter):
+  """Drops orbax's error logs: each of its threads logs a failed write with a traceback, and the error is raised."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Saves `state` as checkpoint `step` and waits for it: a failed write stops the run at once, in one line.
+
+  Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when whole; on
+  a failed write that folder is removed, so the last whole checkpoint is the one
+  a rerun resumes from. Waiting costs the write's time once an epoch.
+  """
+  folder = Path(manager.directory)
+  quiet, logger = _OrbaxErrors(), logging.getLogger("absl")
+  logger.addFilter(quiet)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the OS refused a write)
+    error = write_error(folder / str(step), "the checkpoint", e)
+    if error is None:
+      raise
+    if distributed.is_primary():
+      for partial in [*folder.glob(f"{step}.orbax-checkpoint-tmp*"), folder / str(step)]:
+        shutil.rmtree(partial, ignore_errors=True)
+    raise error from e
+  finally:
+    logger.removeFilter(quiet)
