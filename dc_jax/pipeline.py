@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from dc_jax import atomic, codec, data, distributed, models, prune, report, sensitivity, share, train
+from dc_jax import atomic, codec, data, distributed, models, prune, report, sensitivity, share, train, validate
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -308,7 +308,8 @@ def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Everything that can be checked without data or training: stages, plans, patterns, the file's widths."""
+  """Everything that can be checked without data or training: fields, stages, plans, patterns, the file's widths."""
+  validate.check(config)
   distributed.check_config(config.distributed)
   train.check_param_sharding(config.train.param_sharding)
   check_stages(config.stages)

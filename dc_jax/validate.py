@@ -1,0 +1,186 @@
+"""Every config field checked before any work: its type and range, and settings that another one overrides.
+
+A bad value fails here in one line (field, value, what is valid) instead of
+after hours of training. To check a new field, add a row to FIELDS; a field
+with no row is not checked here (the plans in prune, share and codec check
+theirs when pipeline.check_config builds them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from dc_jax.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
+LR_SCHEDULES = ("constant", "step", "cosine")  # As train.learning_rate_schedule builds them.
+REDUCTIONS = ("sum", "mean")  # As share.lookup takes them.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What a field must hold: a test, and its words for the message."""
+
+  holds: Callable[[Any], bool]
+  valid: str
+
+
+def _is_integer(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def integer(low: int, also: tuple[int, ...] = ()) -> Rule:
+  words = f"an integer >= {low}" + "".join(f" or {value}" for value in also)
+  return Rule(lambda v: _is_integer(v) and (v >= low or v in also), words)
+
+
+def number(low: float, high: float | None = None, low_included: bool = False, high_included: bool = True) -> Rule:
+  """A real number in the interval from `low` to `high` (None: unbounded)."""
+  def holds(v):
+    above = v >= low if low_included else v > low
+    below = high is None or (v <= high if high_included else v < high)
+    return _is_number(v) and above and below
+
+  words = f"a number {'>=' if low_included else '>'} {low}" + (
+      "" if high is None else f" and {'<=' if high_included else '<'} {high}")
+  return Rule(holds, words)
+
+
+def one_of(*choices: Any) -> Rule:
+  return Rule(lambda v: isinstance(v, type(choices[0])) and v in choices, ", ".join(map(str, choices)))
+
+
+def sequence_of(item: Rule) -> Rule:
+  return Rule(lambda v: isinstance(v, (tuple, list)) and all(item.holds(x) for x in v), f"a tuple of {item.valid}s")
+
+
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "True or False")
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+POSITIVE = number(0)
+BATCHES = integer(1, also=(-1,))  # -1 = all.
+
+FIELDS: dict[str, Rule] = {
+    "seed": integer(0),
+    "start_from": TEXT,
+    "redo_changed": BOOLEAN,
+    "data.path": TEXT,
+    "data.tfds_dir": TEXT,
+    "data.augment": BOOLEAN,
+    "data.crop_padding": integer(0),
+    "data.flip": BOOLEAN,
+    "model.width": POSITIVE,
+    "model.classifier_widths": sequence_of(integer(1)),
+    "model.dropout": number(0, 1, low_included=True, high_included=False),
+    "train.epochs": integer(0),
+    "train.batch_size": integer(1),
+    "train.eval_batch_size": integer(1),
+    "train.optimizer": one_of(*OPTIMIZERS),
+    "train.learning_rate": POSITIVE,
+    "train.momentum": number(0, 1, low_included=True, high_included=False),
+    "train.nesterov": BOOLEAN,
+    "train.weight_decay": number(0, low_included=True),
+    "train.lr_schedule": one_of(*LR_SCHEDULES),
+    "train.lr_decay_epochs": sequence_of(integer(0)),
+    "train.lr_decay_factor": POSITIVE,
+    "train.steps_per_epoch": BATCHES,
+    "train.eval_batches": BATCHES,
+    "train.log_every_steps": integer(1),
+    "train.checkpoint_every_epochs": integer(1),
+    "sensitivity.enabled": BOOLEAN,
+    "sensitivity.tolerated_drop": number(0, 1, low_included=True),
+    "sensitivity.apply": BOOLEAN,
+    "sensitivity.eval_batches": BATCHES,
+    "prune.epochs": integer(0),
+    "prune.learning_rate": POSITIVE,
+    "prune.lr_schedule": one_of(*LR_SCHEDULES),
+    "share.max_iterations": integer(1),
+    "share.reduction": one_of(*REDUCTIONS),
+    "share.train_unshared": BOOLEAN,
+    "share.epochs": integer(0),
+    "share.learning_rate": POSITIVE,
+    "share.lr_schedule": one_of(*LR_SCHEDULES),
+}
+
+# configs/base.py's defaults of the fields below: a value other than these is a choice the user made.
+SHARE_K_DEFAULT = 13
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+  """`field` has no effect while `when(config)` holds: an error if it differs from its default then."""
+
+  field: str
+  default: Any
+  when: Callable[[ml_collections.ConfigDict], bool]
+  because: Callable[[ml_collections.ConfigDict], str]  # The setting that overrides it, as field=value.
+
+
+OVERRIDES = (
+    Override("share.k", SHARE_K_DEFAULT, lambda c: c.share.bits > 0,
+             lambda c: f"share.bits={c.share.bits} gives every shared layer 2**{c.share.bits} clusters; "
+                       f"valid: share.k with share.bits=0, or share.bits alone"),
+    Override("train.nesterov", False, lambda c: c.train.optimizer != "sgd",
+             lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
+    Override("prune.quality", 1.0, lambda c: c.prune.criterion != "threshold",
+             lambda c: f"prune.criterion={c.prune.criterion!r} keeps fractions, not q * std; "
+                       f"valid: with prune.criterion=threshold only"),
+    Override("prune.layer_qualities", (), lambda c: c.prune.criterion != "threshold",
+             lambda c: f"prune.criterion={c.prune.criterion!r} keeps fractions, not q * std; "
+                       f"valid: with prune.criterion=threshold only"),
+    Override("data.crop_padding", 4, lambda c: not c.data.augment,
+             lambda c: "data.augment=False turns shifts off; valid: with data.augment=True only"),
+    Override("data.flip", True, lambda c: not c.data.augment,
+             lambda c: "data.augment=False turns flips off; valid: with data.augment=True only"),
+)
+
+
+def value(config: ml_collections.ConfigDict, field: str) -> Any:
+  """config's value at a dotted field name such as "train.epochs"."""
+  node = config
+  for name in field.split("."):
+    node = node[name]
+  return node
+
+
+def has(config: ml_collections.ConfigDict, field: str) -> bool:
+  section, _, name = field.rpartition(".")
+  node = value(config, section) if section else config
+  return name in node
+
+
+def _same(a: Any, b: Any) -> bool:
+  """Equal as the config would print them: tuples and lists alike."""
+  if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  return a == b
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """Each field of FIELDS the config has holds what its rule says."""
+  for field, rule in FIELDS.items():
+    if has(config, field) and not rule.holds(value(config, field)):
+      found = value(config, field)
+      found = tuple(found) if isinstance(found, list) else found
+      raise ConfigError(f"{field}={found!r} is not valid; valid: {rule.valid}")
+
+
+def check_overrides(config: ml_collections.ConfigDict) -> None:
+  """A setting that another one makes ineffective is an error naming both."""
+  for rule in OVERRIDES:
+    if has(config, rule.field) and rule.when(config) and not _same(value(config, rule.field), rule.default):
+      raise ConfigError(f"{rule.field}={value(config, rule.field)!r} has no effect: {rule.because(config)}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Types, ranges and choices of every field in FIELDS, then the overridden settings."""
+  check_fields(config)
+  check_overrides(config)
