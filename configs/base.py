@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.stages = ("baseline", "pruned", "shared", "encoded")  # Which stages to run, in pipeline order.
   config.start_from = ""  # A workdir (or checkpoint folder) of a trained dense model: restored, not trained.
+  config.redo_changed = False  # A rerun whose settings differ from a workdir's stages (config.json): stop, or True = delete and redo those stages.
 
   config.sensitivity = ml_collections.ConfigDict()
   config.sensitivity.enabled = False  # After the baseline, prune each layer alone and evaluate (Han 2015, Fig. 5).

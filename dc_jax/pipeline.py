@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from dc_jax import atomic, codec, data, distributed, models, prune, report, sensitivity, share, train, validate
+from dc_jax import (atomic, codec, data, distributed, models, provenance, prune, report, sensitivity, share, train,
+                    validate)
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -344,13 +347,16 @@ def analyze_sensitivity(config: ml_collections.ConfigDict, dataset: data.Dataset
   """
   previous = json.loads((workdir / RESULTS_FILE).read_text()).get("sensitivity")
   fractions = [float(f) for f in config.sensitivity.fractions]
-  if previous and previous["fractions"] == fractions:
+  # Everything the curves depend on besides the dense model (config.json covers that one).
+  inputs = {"fractions": fractions, "eval_batches": config.sensitivity.eval_batches,
+            "patterns": list(config.prune.patterns)}
+  if previous and all(previous.get(name) == value for name, value in inputs.items()):
     curves = previous["curves"]
   else:
     curves = sensitivity.curves(state, dataset, config.prune.patterns, fractions,
                                 config.train.eval_batch_size, config.sensitivity.eval_batches)
   kept = sensitivity.kept_fractions(curves, dense_accuracy, config.sensitivity.tolerated_drop)
-  entry = {"fractions": fractions, "tolerated_drop": config.sensitivity.tolerated_drop,
+  entry = {**inputs, "tolerated_drop": config.sensitivity.tolerated_drop,
            "dense_accuracy": dense_accuracy, "curves": curves, "kept_fractions": kept}
   record(workdir, ("sensitivity",), entry)
   return entry
@@ -401,14 +407,126 @@ def _by_path(tree: Any, is_leaf: Any = None) -> dict[str, Any]:
   return {prune.path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
 
 
+# What each stage leaves in the workdir besides its entry in results.json.
+STAGE_OUTPUTS = {"baseline": "baseline", "pruned": "pruned", "shared": "shared", "encoded": MODEL_FILE}
+
+
+def _sweep_outputs(k: int) -> tuple[str, str]:
+  return f"shared_k{k}", f"model_k{k}.dcz"
+
+
+def _read_results(workdir: Path) -> dict[str, Any]:
+  path = workdir / RESULTS_FILE
+  return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def sweep_points_on_disk(workdir: Path, results: dict[str, Any]) -> set[int]:
+  """The k of every sweep point with a checkpoint folder, a file or an entry in results.json."""
+  found = {int(key.removeprefix("k=")) for key in results.get("sweep", {})}
+  found |= {int(p.name.removeprefix("shared_k")) for p in workdir.glob("shared_k*") if p.name[8:].isdigit()}
+  found |= {int(p.stem.removeprefix("model_k")) for p in workdir.glob("model_k*.dcz") if p.stem[7:].isdigit()}
+  return found
+
+
+def stages_on_disk(workdir: Path, results: dict[str, Any]) -> list[str]:
+  """The stages (and sweep points, "sweep k=4") that left outputs in the workdir, in pipeline order."""
+  stages = [s for s in STAGES if s in results["stages"] or (workdir / STAGE_OUTPUTS[s]).exists()]
+  return stages + [f"{provenance.SWEEP_PREFIX}{k}" for k in sorted(sweep_points_on_disk(workdir, results))]
+
+
+def adopt(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """A workdir made before config.json existed: its stages are taken to have the current settings, with a warning."""
+  on_disk = stages_on_disk(workdir, _read_results(workdir))
+  if not on_disk:
+    return
+  provenance.save(workdir, {stage: provenance.stage_fields(config, stage) for stage in on_disk})
+  logging.warning("%s has stages (%s) but no record of their settings: recorded the current config in %s now, "
+                  "which is right only if these are the settings they were made with",
+                  workdir, ", ".join(on_disk), provenance.CONFIG_FILE)
+
+
+def _remove(path: Path) -> None:
+  if path.is_dir():
+    shutil.rmtree(path)
+  elif path.exists():
+    path.unlink()
+
+
+def discard(workdir: Path, changed: list[str]) -> list[str]:
+  """Deletes the outputs, results and records of the changed stages and of every stage made from them."""
+  results, recorded = _read_results(workdir), provenance.load(workdir) or {}
+  present = set(recorded) | set(stages_on_disk(workdir, results))
+  names = {name for stage in changed for name in provenance.downstream(stage)}
+  if "sweep" in names:  # Every sweep point, on disk or only recorded.
+    names.discard("sweep")
+    names |= {f"{provenance.SWEEP_PREFIX}{k}" for k in sweep_points_on_disk(workdir, results)}
+    names |= {name for name in recorded if name.startswith(provenance.SWEEP_PREFIX)}
+  if distributed.is_primary():
+    for name in names:
+      if name.startswith(provenance.SWEEP_PREFIX):
+        k = int(name.removeprefix(provenance.SWEEP_PREFIX))
+        for output in _sweep_outputs(k):
+          _remove(workdir / output)
+        results.get("sweep", {}).pop(f"k={k}", None)
+      else:
+        _remove(workdir / STAGE_OUTPUTS[name])
+        results["stages"].pop(name, None)
+    if "baseline" in names:  # Every stage is redone: the curves and metrics of the old dense model go too.
+      results.pop("sensitivity", None)
+      _remove(workdir / "metrics.jsonl")
+    _remove(workdir / report.REPORT_FILE)
+    if (workdir / RESULTS_FILE).exists():
+      write_json_atomically(workdir / RESULTS_FILE, results)
+  provenance.save(workdir, {stage: fields for stage, fields in recorded.items() if stage not in names})
+  redone = provenance.in_order(names & present)
+  logging.warning("config.redo_changed: deleted %s in %s, to redo with the new settings", ", ".join(redone), workdir)
+  return redone
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Before any work: the workdir's stages must have been made with this config's settings (see provenance.py).
+
+  A changed setting stops the run with one line, or with `redo_changed`
+  deletes the stages it affects, which then run again.
+  """
+  recorded = provenance.load(workdir)
+  distributed.barrier("read config.json")  # Every process reads it before process 0 may change it.
+  if recorded is None:
+    adopt(config, workdir)
+    return
+  changed = provenance.check(config, workdir, recorded)
+  if changed:
+    discard(workdir, changed)
+
+
+def keep_seconds(previous: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
+  """`entry` with the `seconds` of the run that made the stage; this run's (a restore) as `restore_seconds`.
+
+  A stage with an entry in results.json was finished by an earlier run with
+  the same settings (check_workdir sees to that), so this run only restored it.
+  """
+  if not previous or "seconds" not in previous:
+    return entry
+  return {**entry, "seconds": previous["seconds"], "restore_seconds": entry["seconds"]}
+
+
+def reported(results: dict[str, Any], stages: tuple[str, ...]) -> dict[str, Any]:
+  """The results of this run's stages only: an older run's later stages may have other settings."""
+  shown = {**results, "stages": {name: e for name, e in results["stages"].items() if name in stages}}
+  if "encoded" not in stages:
+    shown.pop("sweep", None)
+  return shown
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "") -> dict[str, Any]:
   """Runs the stages the config asks for, writes report.md and its figures, returns results.json's contents.
 
   Everything that can be checked without training is checked first (see
-  `check_config`), then the data.
+  `check_config`, `check_workdir`), then the data.
   """
   workdir = Path(workdir)
   check_config(config)
+  check_workdir(config, workdir)
   dataset = data.load(config.data)
   check_compatible(config.model, dataset)
   model = models.create_model(config.model, dataset.num_classes)
@@ -416,19 +534,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   if distributed.is_primary():
     for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
       stale.unlink()
+  before = _read_results(workdir)  # A stage found here is restored: its first run's time is kept.
 
-  # Each stage's "seconds" is its wall time in this process: on a rerun, restoring (and evaluating) it.
+  # Each stage's "seconds" is its wall time in the run that made it; a rerun's restore is "restore_seconds".
   start = time.perf_counter()
+  provenance.record(workdir, config, "baseline")
   dense = train_baseline(config, dataset, model, workdir)
   test = train.evaluate(dense, dataset, config.train.eval_batch_size, config.train.eval_batches)
-  results = record(workdir, ("stages", "baseline"), {
+  results = record(workdir, ("stages", "baseline"), keep_seconds(before["stages"].get("baseline"), {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
       "params": train.count_params(dense.params),
       "steps": int(dense.step),
       "seconds": time.perf_counter() - start,
       **({"start_from": config.start_from} if config.start_from else {}),
-  })
+  }))
   derived = None
   if config.sensitivity.enabled:
     derived = analyze_sensitivity(config, dataset, dense, workdir, test["accuracy"])["kept_fractions"]
@@ -436,11 +556,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   pruned = shared = None
   if "pruned" in config.stages:
     start = time.perf_counter()
+    provenance.record(workdir, config, "pruned")
     plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
     pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
     layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
     print(format_pruning_table(layers, totals), flush=True)
-    results = record(workdir, ("stages", "pruned"), {
+    results = record(workdir, ("stages", "pruned"), keep_seconds(before["stages"].get("pruned"), {
         "test_accuracy": rounds[-1]["test_accuracy"],
         "test_examples": test["examples"],
         "kept_fraction": totals["kept_fraction"],
@@ -450,24 +571,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
         "layers": layers,
         "rounds": rounds,
         "seconds": time.perf_counter() - start,
-    })
+    }))
   if "shared" in config.stages:
+    provenance.record(workdir, config, "shared")
     shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
     print(format_sharing_table(entry["layers"]), flush=True)
     print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
-    results = record(workdir, ("stages", "shared"), entry)
+    results = record(workdir, ("stages", "shared"), keep_seconds(before["stages"].get("shared"), entry))
   if "encoded" in config.stages:
+    provenance.record(workdir, config, "encoded")
     encoded = encode_and_evaluate(config, dataset, model, shared, workdir / MODEL_FILE)
-    results = record(workdir, ("stages", "encoded"), encoded)
+    results = record(workdir, ("stages", "encoded"), keep_seconds(before["stages"].get("encoded"), encoded))
     for k in config.share.sweep:
       if k == sharing_plan(config.share).k:  # The run's own k: already shared and encoded.
-        point = _sweep_entry(k, results["stages"]["shared"], encoded)
+        point = _sweep_entry(k, results["stages"]["shared"], results["stages"]["encoded"])
       else:
-        point = sweep_point(config, dataset, model, pruned, workdir, k)
+        provenance.record(workdir, config, f"{provenance.SWEEP_PREFIX}{k}")
+        point = keep_seconds(before.get("sweep", {}).get(f"k={k}"),
+                             sweep_point(config, dataset, model, pruned, workdir, k))
       results = record(workdir, ("sweep", f"k={k}"), point)
   if distributed.is_primary():
-    figures = make_figures(workdir, config, results, dense, pruned, shared)
-    path = report.write_report(workdir, results, config.model.name, command, figures)
+    shown = reported(results, tuple(config.stages))
+    figures = make_figures(workdir, config, shown, dense, pruned, shared)
+    path = report.write_report(workdir, shown, config.model.name, command, figures)
     print(f"report: {path}", flush=True)
   return results
 
