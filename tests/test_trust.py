@@ -161,6 +161,18 @@ def test_a_workdir_without_config_json_is_adopted_with_one_warning(tmp_path, cap
     pipeline.check_workdir(config, workdir)
 
 
+def test_a_stage_killed_before_its_first_result_is_recorded_and_checked_too(tmp_path):
+  """A stage records its settings before it trains: a rerun cannot resume its checkpoints under other settings."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config = lenet300.get_config()
+  for stage in ("baseline", "pruned"):  # What a run killed in its first pruning round leaves.
+    provenance.record(workdir, config, stage)
+  config.prune.rounds = 3
+  with pytest.raises(ConfigError, match=r"prune.rounds 5 -> 3 \(stages pruned\)"):
+    pipeline.check_workdir(config, workdir)
+
+
 def test_a_sweep_point_depends_on_its_own_k_not_on_the_runs_sharing():
   config = lenet300.get_config()
   point = provenance.stage_fields(config, "sweep k=4")
