@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = False  # Random shifts (crop of the padded image) and flips of training images.
   config.data.crop_padding = 4  # augment: shifts of up to this many pixels (CIFAR: 4).
   config.data.flip = True  # augment: random horizontal flips (CIFAR: yes; digits: no).
+  config.data.pipeline = "auto"  # Where training batches are drawn: device (in jit) | host (numpy) | auto = device if it fits.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "lenet300_100"  # vgg | lenet300_100 | lenet5.
@@ -36,7 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.lr_schedule = "constant"  # constant | step | cosine.
   config.train.lr_decay_epochs = ()  # step only: epochs at which the rate is multiplied...
   config.train.lr_decay_factor = 0.2  # ...by this factor (the original's x0.2).
+  config.train.warmup_epochs = 0.0  # cosine only: a linear warm-up from 0 over this many epochs, then the cosine.
+  config.train.label_smoothing = 0.0  # Training loss against (1 - s) one-hot + s / classes; test loss is plain.
   config.train.steps_per_epoch = -1  # -1 = a full pass; a few steps for smoke runs.
+  config.train.steps_per_dispatch = 1  # device pipeline: steps per jitted call (lax.scan); > 1 on GPU/TPU only.
   config.train.eval_batches = -1  # -1 = the whole test set; fewer for smoke runs.
   config.train.log_every_steps = 50  # Train metrics into metrics.jsonl every this many steps.
   config.train.checkpoint_every_epochs = 1

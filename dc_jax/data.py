@@ -237,9 +237,17 @@ def augment(images: np.ndarray, rng: np.random.Generator, augmentation: Augmenta
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
+  """The order in which one epoch visits the training set: the same in both input pipelines."""
+  return np.random.default_rng([seed, epoch]).permutation(size)
+
+
 def train_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int,
                   augmentation: Augmentation | None) -> Iterator[dict[str, np.ndarray]]:
-  """One epoch of shuffled, full training batches; a function of (seed, epoch) only."""
+  """One epoch of shuffled, full training batches; a function of (seed, epoch) only.
+
+  The generator that draws `epoch_order` then draws the augmentation.
+  """
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(dataset.train_images.shape[0])
   for start in range(0, order.size - batch_size + 1, batch_size):

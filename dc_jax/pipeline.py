@@ -90,6 +90,7 @@ def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   retrain.epochs = config.prune.epochs
   retrain.learning_rate = config.prune.learning_rate
   retrain.lr_schedule = config.prune.lr_schedule
+  retrain.warmup_epochs = 0.0  # Retraining starts from trained weights.
   return retrain
 
 
@@ -116,6 +117,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   finetune.epochs = config.share.epochs
   finetune.learning_rate = config.share.learning_rate
   finetune.lr_schedule = config.share.lr_schedule
+  finetune.warmup_epochs = 0.0
   finetune.weight_decay = 0.0
   return finetune
 
@@ -154,7 +156,7 @@ def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, mod
     return restore_weights(state, start_checkpoints(config.start_from))
   return train.fit(state, dataset, config.train, config.seed,
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
-                   augmentation=data.Augmentation.from_config(config.data))
+                   augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline)
 
 
 def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, dense: train.TrainState,
@@ -175,7 +177,8 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
                                     batch_stats=state.batch_stats, tx=tx)
     state = train.fit(state, dataset, retrain, config.seed + r + 1,
                       checkpoint_dir=workdir / "pruned" / f"round_{r}",
-                      metrics_path=workdir / "metrics.jsonl", augmentation=data.Augmentation.from_config(config.data))
+                      metrics_path=workdir / "metrics.jsonl", augmentation=data.Augmentation.from_config(config.data),
+                      input_pipeline=config.data.pipeline)
     masks = prune.masks_of(state.opt_state)
     test = train.evaluate(state, dataset, retrain.eval_batch_size, retrain.eval_batches)
     _, totals = prune.report(masks, plan.patterns)
@@ -205,7 +208,7 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   print(f"shared: test accuracy {before['accuracy']:.4f} after clustering, before fine-tuning", flush=True)
   state = train.fit(state, dataset, finetune, config.seed + config.prune.rounds + 1,
                     checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
-                    augmentation=data.Augmentation.from_config(config.data))
+                    augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline)
   after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   return state, {
       "test_accuracy": after["accuracy"],

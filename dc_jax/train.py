@@ -18,9 +18,10 @@ places its own rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from dc_jax import data, distributed
+from dc_jax import atomic, data, device_data, distributed
 from dc_jax.errors import ConfigError
 
 
@@ -145,7 +146,11 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     boundaries = {int(epoch) * steps_per_epoch: config.lr_decay_factor for epoch in config.lr_decay_epochs}
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
   if config.lr_schedule == "cosine":
-    return optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch))
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    if warmup <= 0:
+      return optax.cosine_decay_schedule(config.learning_rate, total)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
   raise ConfigError(f"train.lr_schedule={config.lr_schedule!r} is not a schedule; valid: constant, step, cosine")
 
 
@@ -174,13 +179,16 @@ def count_params(params: Any) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
-def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0) -> jnp.ndarray:
+  """Cross-entropy with integer labels; with smoothing, against (1 - s) one-hot + s / classes."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-@jax.jit
-def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
-               dropout_key: jax.Array) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+def _train_step(state: TrainState, batch: dict[str, jnp.ndarray], dropout_key: jax.Array,
+                label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One SGD step; the dropout key is folded with the step so that resumed runs repeat it."""
   key = jax.random.fold_in(dropout_key, state.step)
 
@@ -188,12 +196,36 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
     logits, updates = state.apply_fn(
         state.variables(params), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": key})
-    return _cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+    return _cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return state, {"loss": loss, "accuracy": accuracy}
+
+
+train_step = jax.jit(_train_step, static_argnames="label_smoothing")
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "augmentation", "sharding", "label_smoothing"))
+def train_steps(state: TrainState, train_set: device_data.TrainSet, order: jax.Array, first_step: jax.Array,
+                augmentation_key: jax.Array, dropout_key: jax.Array, *, steps: int, batch_size: int,
+                augmentation: data.Augmentation | None, sharding: NamedSharding | None = None,
+                label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """`steps` train steps in one dispatch (a `lax.scan`), each drawing its batch on the devices.
+
+  Steps `first_step ... first_step + steps - 1` of the epoch whose permutation is
+  `order`; the same steps as `train_step` on the host pipeline's batches, but
+  for the augmentation's random numbers. Returns the last step's metrics.
+  """
+  def one_step(state, step):
+    batch = device_data.batch(train_set, order, step, batch_size, augmentation_key, augmentation, sharding)
+    return _train_step(state, batch, dropout_key, label_smoothing)
+
+  if steps == 1:  # XLA:CPU runs loop bodies several times slower than straight code (bench/input_pipeline.py).
+    return one_step(state, first_step)
+  state, metrics = jax.lax.scan(one_step, state, first_step + jnp.arange(steps))
+  return state, jax.tree.map(lambda m: m[-1], metrics)
 
 
 @jax.jit
@@ -253,14 +285,16 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
         checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
-        mesh: Mesh | None = None) -> TrainState:
+        mesh: Mesh | None = None, input_pipeline: str = "auto") -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
   as JSON lines. Batches are split over the devices of `mesh` (default: all)
-  and the state is placed by `config.param_sharding`. Returns the final state
-  (restored, if training had finished), replicated: what follows (pruning,
-  clustering, coding) reads whole arrays on the host.
+  and the state is placed by `config.param_sharding`; `input_pipeline`
+  ("auto", "device" or "host", see device_data.py) says where batches are
+  drawn. Returns the final state (restored, if training had finished),
+  replicated: what follows (pruning, clustering, coding) reads whole arrays
+  on the host.
   """
   mesh = data_mesh() if mesh is None else mesh
   check_batch_size(config.batch_size, mesh)
@@ -268,27 +302,60 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   manager = checkpoint_manager(checkpoint_dir)
   state = restore_latest(manager, place(state, mesh, config.param_sharding))
   dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
+  if device_data.resolve(input_pipeline, dataset, list(mesh.devices.flat)) == "device":
+    run_epoch = functools.partial(device_epoch, device_data.put(dataset, mesh))
+  else:
+    run_epoch = host_epoch
   first_epoch = int(state.step) // steps
   try:
     for epoch in range(first_epoch, config.epochs):
-      batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
-      progress = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
-      for i, batch in zip(progress, batches):
-        state, metrics = train_step(state, shard_batch(batch, mesh), dropout_key)
-        if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
+      progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
+      for state, done, metrics in run_epoch(state, dataset, config, seed, epoch, steps, augmentation,
+                                            mesh, dropout_key):
+        progress.update(done - progress.n)
+        if done % config.log_every_steps == 0 or done == steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(f"loss is {metrics['loss']} at step {int(state.step)} (epoch {epoch + 1}); "
                                    f"the last good checkpoint is in {checkpoint_dir}")
           progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}")
           append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "train", **metrics})
+      progress.close()
       test = evaluate(state, dataset, config.eval_batch_size, config.eval_batches, mesh)
       append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "test", **test})
       print(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['loss']:.4f}, "
             f"test accuracy {test['accuracy']:.4f}", flush=True)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs:
-        manager.save(int(state.step), args=ocp.args.StandardSave(state))
+        atomic.save_checkpoint(manager, int(state.step), state)  # Stops at a failed write (a full disk).
   finally:
     manager.wait_until_finished()
     manager.close()
   return replicate(state, mesh)
+
+
+def host_epoch(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int, epoch: int,
+                steps: int, augmentation: data.Augmentation | None, mesh: Mesh,
+                dropout_key: jax.Array) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
+  """One epoch of batches drawn with numpy and copied to the devices: (state, steps done, metrics) per step."""
+  batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
+  for done, batch in zip(range(1, steps + 1), batches):
+    state, metrics = train_step(state, shard_batch(batch, mesh), dropout_key, config.label_smoothing)
+    yield state, done, metrics
+
+
+def device_epoch(train_set: device_data.TrainSet, state: TrainState, dataset: data.Dataset,
+                  config: ml_collections.ConfigDict, seed: int, epoch: int, steps: int,
+                  augmentation: data.Augmentation | None, mesh: Mesh,
+                  dropout_key: jax.Array) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
+  """One epoch drawn on the devices, `config.steps_per_dispatch` steps per call, ending at every logged step."""
+  order = device_data.put_order(data.epoch_order(dataset.train_images.shape[0], seed, epoch), mesh)
+  augmentation_key = device_data.epoch_key(seed, epoch)
+  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+  done = 0
+  while done < steps:
+    chunk = min(config.steps_per_dispatch, config.log_every_steps - done % config.log_every_steps, steps - done)
+    state, metrics = train_steps(state, train_set, order, jnp.int32(done), augmentation_key, dropout_key,
+                                 steps=chunk, batch_size=config.batch_size, augmentation=augmentation,
+                                 sharding=sharding, label_smoothing=config.label_smoothing)
+    done += chunk
+    yield state, done, metrics

@@ -81,22 +81,26 @@ def _check_fit_and_evaluate(dataset, one, many, workdir):
                      log_every_steps=1, lr_schedule="constant"))
   tx = train.create_optimizer(config, 3)
   state = train.create_train_state(jax.random.key(0), models.LeNet300100(), dataset.image_shape, tx)
-  fitted = {mesh.devices.size: train.fit(state, dataset, config, 0, workdir / f"ckpt{mesh.devices.size}",
-                                         workdir / "metrics.jsonl", None, mesh) for mesh in (one, many)}
-  chex.assert_trees_all_close(jax.device_get(fitted[DEVICES].params), jax.device_get(fitted[1].params),
-                              atol=1e-6, rtol=1e-5)
+  # Both input pipelines, with crops: the device pipeline draws the same batches whatever the device count.
+  for pipeline in ("device", "host"):
+    fitted = {mesh.devices.size: train.fit(state, dataset, config, 0, workdir / f"{pipeline}{mesh.devices.size}",
+                                           workdir / "metrics.jsonl", data.Augmentation(pad=2, flip=False), mesh,
+                                           pipeline) for mesh in (one, many)}
+    chex.assert_trees_all_close(jax.device_get(fitted[DEVICES].params), jax.device_get(fitted[1].params),
+                                atol=1e-6, rtol=1e-5)
   # 50 rows per eval batch do not split over 8 devices: padded with masked-out rows, same result.
   results = [train.evaluate(fitted[DEVICES], dataset, 50, 2, mesh) for mesh in (one, many)]
   assert results[0]["examples"] == results[1]["examples"] == 100
   np.testing.assert_allclose(results[1]["accuracy"], results[0]["accuracy"])
   np.testing.assert_allclose(results[1]["loss"], results[0]["loss"], rtol=1e-5)
   # Restoring the finished run (8-device checkpoint) gives the same state back, replicated or sharded.
-  again = train.fit(state, dataset, config, 0, workdir / f"ckpt{DEVICES}", workdir / "metrics.jsonl", None, many)
+  again = train.fit(state, dataset, config, 0, workdir / f"host{DEVICES}", workdir / "metrics.jsonl", None, many)
   chex.assert_trees_all_equal(jax.device_get(again.params), jax.device_get(fitted[DEVICES].params))
   config.param_sharding = "sharded"
-  restored = train.fit(state, dataset, config, 0, workdir / f"ckpt{DEVICES}", workdir / "metrics.jsonl", None, many)
+  restored = train.fit(state, dataset, config, 0, workdir / f"host{DEVICES}", workdir / "metrics.jsonl", None, many)
   chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(fitted[DEVICES].params))
-  sharded = train.fit(state, dataset, config, 0, workdir / "sharded", workdir / "metrics.jsonl", None, many)
+  sharded = train.fit(state, dataset, config, 0, workdir / "sharded", workdir / "metrics.jsonl",
+                      data.Augmentation(pad=2, flip=False), many, "host")
   chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(fitted[1].params), atol=1e-6, rtol=1e-5)
   assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))  # fit hands back whole arrays.
   config.param_sharding = "replicated"

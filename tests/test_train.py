@@ -67,6 +67,22 @@ def test_step_schedule_multiplies_the_rate_at_the_chosen_epochs():
                              [0.02, 0.02, 0.004, 0.0008], rtol=1e-6)
 
 
+def test_cosine_with_warmup_rises_linearly_then_decays_to_zero():
+  config = _train_config(learning_rate=0.2, lr_schedule="cosine", warmup_epochs=2, epochs=6)
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  np.testing.assert_allclose([schedule(0), schedule(10), schedule(20), schedule(40), schedule(60)],
+                             [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-6)
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+  labels = jnp.array([0, 2])
+  targets = 0.9 * jax.nn.one_hot(labels, 3) + 0.1 / 3
+  expected = -(targets * jax.nn.log_softmax(logits)).sum(-1)
+  np.testing.assert_allclose(train._cross_entropy(logits, labels, 0.1), expected, rtol=1e-6)
+  assert np.all(train._cross_entropy(logits, labels) < expected)  # Confident right answers pay less unsmoothed.
+
+
 def test_weight_decay_adds_l2_to_the_gradient():
   config = _train_config(optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.1)
   tx = train.create_optimizer(config, 1)
