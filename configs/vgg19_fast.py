@@ -1,0 +1,56 @@
+"""VGG19-BN on CIFAR-10 on a short schedule: one GPU run instead of the original's 200 + 80 epochs.
+
+Dense: 30 epochs at batch 512, SGD with Nesterov momentum 0.9, a 2-epoch linear
+warm-up to 0.2 then a cosine to 0, weight decay 5e-4, label smoothing 0.1 (the
+short-schedule recipe of the fast CIFAR-10 trainers: large batch, warm-up,
+one decay to zero, smoothing). Pruning: 3 rounds of 4 retraining epochs at
+0.02, to about 6% of the weights, the first convs and the last layer spared.
+Sharing: each k of the original's table fine-tuned for 2 epochs and encoded.
+bfloat16 compute (parameters, statistics and codebooks stay float32).
+
+  python launch.py --config configs/vgg19_fast.py --workdir runs/vgg19_fast        # a GPU
+  python launch.py --config configs/vgg19_k13.py:fast                                 # the same, k = 13 first
+CPU stand-in, the same schedule at 1/8 width (8..64 channels, a 256-256 classifier
+without dropout, float32 compute), the table of RESULTS.md:
+  python launch.py --config configs/vgg19_fast.py:narrow --workdir runs/vgg19_fast_narrow
+A smoke of every stage and the sweep (minutes on a CPU):
+  python launch.py --config configs/vgg19_fast.py:narrow --workdir /tmp/smoke --config.train.epochs=1 \\
+      --config.train.steps_per_epoch=3 --config.prune.rounds=1 --config.prune.epochs=1 --config.share.epochs=1
+"""
+
+from configs import vgg19
+
+VARIANTS = ("", "narrow")
+
+
+def get_config(variant: str = ""):
+  """`variant` "narrow" is the 1/8-width CPU stand-in (`--config configs/vgg19_fast.py:narrow`)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/vgg19_fast.py:{variant} is not a variant; valid: {VARIANTS}")
+  config = vgg19.get_config()
+  config.model.dtype = "bfloat16"
+  config.train.epochs = 30
+  config.train.batch_size = 512
+  config.train.eval_batch_size = 1000
+  config.train.optimizer = "sgd"
+  config.train.nesterov = True
+  config.train.learning_rate = 0.2
+  config.train.weight_decay = 5e-4
+  config.train.lr_schedule = "cosine"
+  config.train.warmup_epochs = 2.0
+  config.train.label_smoothing = 0.1
+  config.prune.rounds = 3
+  config.prune.epochs = 4
+  config.prune.learning_rate = 0.02
+  config.prune.kept_fraction = 0.06
+  # The first convs hold few weights and every later layer depends on them; the last layer decides the class.
+  config.prune.layer_kept_fractions = (("conv1_1/kernel", 0.6), ("conv[12]_.*/kernel", 0.4),
+                                       ("conv3_.*/kernel", 0.15), ("fc3/kernel", 0.2), ("fc.*/kernel", 0.03))
+  config.share.epochs = 2
+  if variant == "narrow":
+    config.model.width = 1 / 8
+    config.model.classifier_widths = (256, 256)
+    # As configs/vgg19_narrow.py measured: 0.5 dropout on 64 features stalls training.
+    config.model.dropout = 0.0
+    config.model.dtype = "float32"  # bfloat16 matmuls are emulated, and slow, on most CPUs.
+  return config
