@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 from configs import base
 from dc_jax import data
 from dc_jax.errors import DataError
-from tests.conftest import synthetic_dataset
+from tests.conftest import require_data, synthetic_dataset
 
 
 def _data_config(**overrides) -> ConfigDict:
@@ -35,7 +35,7 @@ def test_npz_path_reads_the_real_mnist(shared_data_dir, monkeypatch):
 
 def test_config_path_reads_the_real_cifar10_and_overrides_the_env(shared_data_dir, monkeypatch, tmp_path):
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # Holds nothing: data.path must win.
-  dataset = data.load(_data_config(name="cifar10", path=str(shared_data_dir / "cifar10.npz")))
+  dataset = data.load(_data_config(name="cifar10", path=str(require_data(shared_data_dir / "cifar10.npz"))))
   chex.assert_shape(dataset.train_images, (50000, 32, 32, 3))
   np.testing.assert_allclose(dataset.mean, [0.4914, 0.4822, 0.4465], atol=1e-4)
   np.testing.assert_allclose(dataset.std, [0.2470, 0.2435, 0.2616], atol=1e-4)
