@@ -233,9 +233,15 @@ def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
 
 def evaluate_variables(model: nn.Module, variables: dict[str, Any], dataset: data.Dataset,
                        config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Test accuracy of `model` with variables as `codec.read` returns them (SharedKernels materialised)."""
-  state = train.TrainState.create(apply_fn=model.apply, params=share.materialize(variables["params"]),
-                                  batch_stats=variables.get("batch_stats", {}), tx=optax.identity())
+  """Test accuracy of `model` with variables as `codec.read` returns them (SharedKernels materialised).
+
+  Raw leaves stored at half precision (codec.raw_dtype) compute as float32 again, as the model's own would.
+  """
+  widen = lambda leaf: leaf.astype(np.float32) if leaf.dtype == np.float16 else leaf
+  variables = jax.tree.map(widen, {"params": share.materialize(variables["params"]),
+                                   "batch_stats": variables.get("batch_stats", {})})
+  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                  batch_stats=variables["batch_stats"], tx=optax.identity())
   return train.evaluate(state, dataset, config.eval_batch_size, config.eval_batches)
 
 
@@ -253,7 +259,8 @@ def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset
                         state: share.SharedTrainState, path: Path) -> dict[str, Any]:
   """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
   start = time.perf_counter()
-  variables = {"params": state.shared_params(), "batch_stats": state.batch_stats}
+  variables = codec.narrow_raw_floats({"params": state.shared_params(), "batch_stats": state.batch_stats},
+                                      config.codec.raw_dtype)
   content, summary = codec.encode(variables, index_bits(config.codec))
   if distributed.is_primary():
     atomic.write_bytes(path, content)

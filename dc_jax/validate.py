@@ -78,6 +78,7 @@ FIELDS: dict[str, Rule] = {
     "data.crop_padding": integer(0),
     "data.flip": BOOLEAN,
     "data.pipeline": one_of("auto", "device", "host"),
+    "codec.raw_dtype": one_of("float32", "float16"),
     "model.width": POSITIVE,
     "model.classifier_widths": sequence_of(integer(1)),
     "model.dropout": number(0, 1, low_included=True, high_included=False),

@@ -292,3 +292,22 @@ def test_positions_count_in_neuron_major_order_as_caffe_and_pytorch_lay_kernels_
   fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
   assert fields.tolist() == [3]  # Position 3 of (out, in) = [[0, 0, 0], [1, 0, 0]]: a jump of 4 from -1.
   assert_same_leaves(codec.decode_layer(encoded), kernel)
+
+
+def test_float16_raw_leaves_make_a_smaller_file_that_reads_back_exactly(tmp_path):
+  variables = mixed_tree()
+  variables["batch_stats"]["bn1"]["var"] = np.array([1e5, *np.ones(15)], np.float32)  # Overflows float16.
+  narrowed = codec.narrow_raw_floats(variables, "float16")
+  full = codec.write(tmp_path / "f32.dcz", variables, "auto")
+  half = codec.write(tmp_path / "f16.dcz", narrowed, "auto")
+  assert_same_leaves(codec.read(tmp_path / "f16.dcz"), narrowed)
+  bias = codec.read(tmp_path / "f16.dcz")["params"]["fc1"]["bias"]
+  assert bias.dtype == np.float16
+  np.testing.assert_allclose(bias, variables["params"]["fc1"]["bias"], rtol=2**-11)
+  assert narrowed["batch_stats"]["bn1"]["var"].dtype == np.float32  # Kept whole: 1e5 is no float16.
+  assert narrowed["counters"]["step"].dtype == np.int64
+  raw_floats = 16 + 16 + 16 + 120 + 16  # conv1 bias, bn1 scale and bias, fc1 bias, the mean.
+  assert full.totals["file_bytes"] - half.totals["file_bytes"] == 2 * raw_floats
+  assert half.totals["dense_bytes"] == full.totals["dense_bytes"]  # Dense size counts float32 either way.
+  with pytest.raises(ConfigError, match="codec.raw_dtype='int8'"):
+    codec.narrow_raw_floats(variables, "int8")
