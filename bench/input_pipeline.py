@@ -1,0 +1,97 @@
+"""Steps per second with the host and the device input pipeline, side by side on real data.
+
+  python bench/input_pipeline.py [--configs lenet300,vgg19_narrow] [--steps N] [--repeats R]
+
+Each contender trains the config's model from the same initial state for the
+same steps of epoch 0 (with the config's augmentation), after one untimed
+(compiling) pass; rounds alternate between contenders so that load from other
+processes hits them alike. `device xN` runs N steps per dispatch (lax.scan);
+`step alone` repeats the step on one batch already on the device: no input at all.
+Needs DC_JAX_DATA_DIR (or data.path) for the real datasets.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from configs import lenet300, vgg19_narrow  # noqa: E402
+from dc_jax import data, device_data, models, train  # noqa: E402
+
+CONFIGS = {"lenet300": lenet300, "vgg19_narrow": vgg19_narrow}
+
+
+def contenders(name: str, steps: int, dispatch: tuple[int, ...]) -> dict:
+  """{contender: a function that trains `steps` steps from the same initial state}."""
+  config = CONFIGS[name].get_config()
+  dataset = data.load(config.data)
+  model = models.create_model(config.model, dataset.num_classes)
+  tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
+  initial = train.place(train.create_train_state(jax.random.key(0), model, dataset.image_shape, tx), train.data_mesh())
+  augmentation = data.Augmentation.from_config(config.data)
+  mesh, dropout_key = train.data_mesh(), jax.random.key(1)
+  train_set = device_data.put(dataset, mesh)
+
+  def run(epoch_fn, train_config):
+    def go():
+      state = initial
+      for state, _, metrics in epoch_fn(state, dataset, train_config, 0, 0, steps, augmentation, mesh, dropout_key):
+        pass
+      return metrics["loss"]
+    return go
+
+  found = {"host": run(train.host_epoch, config.train)}
+  fixed = train.shard_batch(next(data.train_batches(dataset, config.train.batch_size, 0, 0, augmentation)), mesh)
+
+  def step_alone():  # The ceiling: the same steps on one batch already on the device, no input at all.
+    state = initial
+    for _ in range(steps):
+      state, metrics = train.train_step(state, fixed, dropout_key, config.train.label_smoothing)
+    return metrics["loss"]
+
+  found["step alone"] = step_alone
+  for n in dispatch:
+    train_config = config.train.copy_and_resolve_references()
+    train_config.steps_per_dispatch = n
+    train_config.log_every_steps = steps  # Chunks end only where metrics are logged.
+    found[f"device x{n}"] = run(lambda *a, **k: train.device_epoch(train_set, *a, **k), train_config)
+  return config, found
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--configs", default="lenet300,vgg19_narrow")
+  parser.add_argument("--steps", default="lenet300=400,vgg19_narrow=20")
+  parser.add_argument("--dispatch", default="1,8,32")
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  steps = dict(item.split("=") for item in args.steps.split(","))
+  dispatch = tuple(int(n) for n in args.dispatch.split(","))
+  print(f"backend={jax.default_backend()} devices={jax.device_count()} cpus={os.cpu_count()} "
+        f"load={os.getloadavg()[0]:.2f}", flush=True)
+  for name in args.configs.split(","):
+    n = int(steps[name])
+    config, runs = contenders(name, n, dispatch)
+    for fn in runs.values():  # Compile.
+      jax.block_until_ready(fn())
+    times = {label: [] for label in runs}
+    for _ in range(args.repeats):
+      for label, fn in runs.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times[label].append(time.perf_counter() - start)
+    host = statistics.median(times["host"])
+    print(f"{name}: batch {config.train.batch_size}, {n} steps, median of {args.repeats}", flush=True)
+    for label, ts in times.items():
+      median = statistics.median(ts)
+      print(f"  {label:<12} {n / median:9.1f} steps/s  {n * config.train.batch_size / median:10.0f} images/s  "
+            f"x{host / median:.2f} vs host", flush=True)
+
+
+if __name__ == "__main__":
+  main()
