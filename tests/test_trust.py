@@ -136,12 +136,10 @@ def test_redo_changed_redoes_exactly_the_affected_stages_and_reports_the_new_num
   assert recorded["pruned"]["prune.kept_fraction"] == recorded["encoded"]["prune.kept_fraction"] == 0.03
 
 
-def test_settings_no_stage_depends_on_change_nothing(finished, tmp_path):
-  workdir = _copy(finished, tmp_path)
-  result = _launch(workdir, "--config.train.eval_batch_size=20", "--config.train.log_every_steps=2",
-                   "--config.stages=('baseline', 'pruned')", data=finished[1])
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "## Per layer" not in (workdir / "report.md").read_text()  # The report shows this run's stages only.
+def test_the_report_shows_only_the_stages_of_this_run():
+  results = {"stages": {"baseline": {}, "pruned": {}, "shared": {}, "encoded": {}}, "sweep": {"k=4": {}}}
+  assert pipeline.reported(results, ("baseline", "pruned")) == {"stages": {"baseline": {}, "pruned": {}}}
+  assert pipeline.reported(results, pipeline.STAGES) == results
 
 
 def test_a_workdir_without_config_json_is_adopted_with_one_warning(tmp_path, caplog):
@@ -204,9 +202,10 @@ def test_discard_deletes_the_changed_stage_and_those_made_from_it_only(tmp_path)
 # 4. Times kept across a rerun; 5. file modes.
 
 def test_a_rerun_keeps_each_stages_training_seconds_and_records_its_restore_apart(finished, tmp_path):
+  """Also: settings that no stage depends on may change between runs."""
   workdir = _copy(finished, tmp_path)
   old = _results(workdir)["stages"]
-  result = _launch(workdir, data=finished[1])
+  result = _launch(workdir, "--config.train.eval_batch_size=20", "--config.train.log_every_steps=2", data=finished[1])
   assert result.returncode == 0, result.stderr[-3000:]
   new = _results(workdir)["stages"]
   for stage in ("baseline", "pruned", "shared", "encoded"):
@@ -303,10 +302,7 @@ _BAD_FIELDS = {
     "share.lr_schedule": ("--config.share.lr_schedule=linear",
                           "share.lr_schedule='linear' is not valid; valid: constant, step, cosine"),
     "share.reduction": ("--config.share.reduction=avg", "share.reduction='avg' is not valid; valid: sum, mean"),
-    "train.epochs": ("--config.train.epochs=-1", "train.epochs=-1 is not valid; valid: an integer >= 0"),
     "train.batch_size": ("--config.train.batch_size=0", "train.batch_size=0 is not valid; valid: an integer >= 1"),
-    "prune.learning_rate": ("--config.prune.learning_rate=0",
-                            "prune.learning_rate=0.0 is not valid; valid: a number > 0"),
     "share.k with share.bits": ("--config.share.k=1", "share.k=1 has no effect: share.bits=6 gives every shared "
                                 "layer 2**6 clusters; valid: share.k with share.bits=0, or share.bits alone"),
 }
@@ -319,7 +315,7 @@ def bad_launches(tmp_path_factory):
   data = _write_npz(root / "mnist.npz")
   out = {}
   cases = list(_BAD_FIELDS.items())
-  for start in range(0, len(cases), 4):
+  for start in range(0, len(cases), 4):  # 7 cases: 4, then 3.
     running = {}
     for case, (flag, _) in cases[start:start + 4]:
       workdir = root / case.replace(" ", "_")
@@ -367,6 +363,8 @@ def test_the_override_rules_know_base_pys_defaults():
     ("train.eval_batches", -2, "train.eval_batches=-2"),
     ("train.eval_batch_size", 0, "train.eval_batch_size=0"),
     ("train.learning_rate", -0.1, "train.learning_rate=-0.1"),
+    ("train.epochs", -1, "train.epochs=-1 is not valid; valid: an integer >= 0"),
+    ("prune.learning_rate", 0.0, "prune.learning_rate=0.0 is not valid; valid: a number > 0"),
     ("train.log_every_steps", 0, "train.log_every_steps=0"),
     ("train.checkpoint_every_epochs", 0, "train.checkpoint_every_epochs=0"),
     ("seed", -1, "seed=-1"),
