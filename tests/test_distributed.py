@@ -148,9 +148,13 @@ def test_a_partial_or_bad_distributed_config_is_a_config_error(overrides, messag
     distributed.initialize(_config(enabled=True, **overrides).distributed)
 
 
-def test_disabled_or_auto_detected_distributed_configs_pass_the_check():
-  distributed.check_config(_config(num_processes=2).distributed)  # Not enabled: ignored.
-  distributed.check_config(_config(enabled=True).distributed)
+def test_a_disabled_config_starts_nothing_and_an_auto_detected_one_leaves_all_three_to_jax(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  distributed.initialize(_config(num_processes=2).distributed)  # Not enabled: the half-set fields are ignored.
+  assert calls == []
+  distributed.initialize(_config(enabled=True).distributed)  # Cloud TPU, SLURM: jax finds the rest.
+  assert calls == [dict(coordinator_address=None, num_processes=None, process_id=None, local_device_ids=None)]
 
 
 def _launch_args(workdir: Path) -> list[str]:

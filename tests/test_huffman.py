@@ -89,8 +89,18 @@ def test_decode_needs_fewer_doubling_rounds_only_as_codes_get_longer(shortest):
   lengths = np.array([shortest] * (2 ** shortest - 1) + [shortest + 1] * 2)  # A complete code.
   symbols = np.random.default_rng(shortest).integers(0, lengths.size, 5000)
   symbols[:1000] = 0  # 1000 shortest codes in a row: every word holds as many codewords as it can.
-  decoded = huffman.decode(huffman.encode(symbols, lengths), lengths, symbols.size)
-  np.testing.assert_array_equal(decoded, symbols)
+  data = huffman.encode(symbols, lengths)
+  rounds = huffman._doubling_rounds(lengths)
+  # 2**R hops must pass the most codewords one 32-bit word can start: ceil(32 / shortest).
+  assert rounds == {1: 5, 2: 4, 3: 4, 4: 3, 5: 3, 8: 2, 9: 2, 16: 1, 17: 1}[shortest]
+  np.testing.assert_array_equal(huffman.decode(data, lengths, symbols.size), symbols)
+  if rounds > 1:  # And no fewer will do: with one round less, decoding these full words fails or misreads.
+    with mock.patch.object(huffman, "_doubling_rounds", lambda _: rounds - 1):
+      try:
+        fewer = huffman.decode(data, lengths, symbols.size)
+      except (ValueError, IndexError):
+        fewer = None
+    assert fewer is None or not np.array_equal(fewer, symbols)
 
 
 def test_one_symbol_stream_takes_one_bit_per_symbol():

@@ -133,7 +133,14 @@ def test_bfloat16_train_step_updates_float32_parameters_like_float32_compute():
   assert abs(float(low_metrics["loss"]) - float(full_metrics["loss"])) < 0.02
   updates = [jax.tree.map(jnp.subtract, state.params, start.params)
              for state, start in zip((full_state, low_state), states)]
-  chex.assert_trees_all_close(updates[1], updates[0], atol=2e-3)
+  # Each layer's update within 10% of float32's, relative to its own size (measured: at most 3.7%, in ip1);
+  # an absolute tolerance would have to exceed ip1's updates (1.7e-3 at most) and pass a frozen layer.
+  for (path, full_update), low_update in zip(jax.tree_util.tree_leaves_with_path(updates[0]),
+                                             jax.tree.leaves(updates[1])):
+    full_update, low_update = np.asarray(full_update), np.asarray(low_update)
+    assert np.linalg.norm(full_update) > 0, jax.tree_util.keystr(path)
+    relative = np.linalg.norm(low_update - full_update) / np.linalg.norm(full_update)
+    assert relative < 0.1, f"{jax.tree_util.keystr(path)}: bfloat16's update is {relative:.1%} off float32's"
 
 
 def test_unknown_compute_dtype_is_a_config_error():

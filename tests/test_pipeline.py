@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import lenet300
-from dc_jax import codec, pipeline, prune, train
+from dc_jax import codec, pipeline, prune, share, train
 from dc_jax.errors import ConfigError, DataError
 from tests.conftest import synthetic_dataset
 
@@ -87,6 +87,18 @@ def test_shared_stage_clusters_the_pruned_weights_and_fine_tunes_only_codebooks(
   codebook = np.asarray(restored["params"]["ip1"]["kernel"])
   assert codebook.shape == (16,) and np.all(np.diff(codebook) != 0)
   assert np.all(np.asarray(kernel["indices"])[~np.asarray(kernel["mask"])] == 0)
+
+  # Fine-tuning moved the codebooks away from k-means' centroids and left the indices as k-means set them.
+  pruned_params = pruned.restore(pruned.latest_step(), args=ocp.args.StandardRestore())["params"]
+  clustered, _ = share.quantize(pruned_params, masks, pipeline.sharing_plan(small_config.share, small_config.seed))
+  written = codec.read(workdir / pipeline.MODEL_FILE)["params"]
+  for name in ("ip1", "ip2", "ip3"):
+    tuned = np.asarray(restored["params"][name]["kernel"])
+    assert np.abs(tuned - clustered[name]["kernel"].codebook).max() > 1e-6, name
+    np.testing.assert_array_equal(restored["frozen"][name]["kernel"]["indices"], clustered[name]["kernel"].indices)
+    # The file holds the fine-tuned codebooks, not the clustered ones.
+    np.testing.assert_array_equal(written[name]["kernel"].codebook, tuned)
+    np.testing.assert_array_equal(written[name]["kernel"].indices, clustered[name]["kernel"].indices)
 
 
 def test_encoded_stage_file_decodes_to_the_shared_model_and_scores_the_same(small_config, tmp_path):
