@@ -1,8 +1,8 @@
 """Multi-process training: 2 real processes on localhost (2 CPU devices each) match 1 process on 1 device.
 
 Each worker joins through distributed.initialize (gloo collectives on CPU),
-trains on the same real MNIST slice with train.fit, resumes it, and saves what
-it got; the test trains the same in its own process and compares. A slow test
+trains on the same real MNIST slice with train.fit, resumes it, trains a small
+VGG with BatchNorm and dropout on a synthetic CIFAR-10, and saves what it got; the test trains the same in its own process and compares. A slow test
 runs every stage through launch.py on 2 processes against 1.
 """
 
@@ -24,6 +24,7 @@ from flax import traverse_util
 from configs import base
 from dc_jax import data, distributed, models, pipeline, train
 from dc_jax.errors import ConfigError
+from tests.conftest import synthetic_dataset
 
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -63,6 +64,22 @@ def _flat_params(state) -> dict[str, np.ndarray]:
   return {"/".join(keys): np.asarray(v) for keys, v in traverse_util.flatten_dict(state.params).items()}
 
 
+def _flat_variables(state) -> dict[str, np.ndarray]:
+  """Parameters and BatchNorm statistics, one flat dict."""
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  return {"/".join(keys): np.asarray(v) for keys, v in traverse_util.flatten_dict(variables).items()}
+
+
+def _fit_vgg(workdir, mesh=None):
+  """A small VGG11 with BatchNorm and dropout, 4 steps on a synthetic CIFAR-10: statistics of the global batch."""
+  dataset = synthetic_dataset("cifar10", n_train=128, n_test=100)
+  model = models.VGG(depth=11, width=0.0625, classifier_widths=(32,), dropout_rate=0.5)
+  config = _config().train
+  state = train.create_train_state(jax.random.key(0), model, dataset.image_shape,
+                                   train.create_optimizer(config, config.steps_per_epoch))
+  return train.fit(state, dataset, config, 0, workdir / "ckpt", workdir / "metrics.jsonl", None, mesh)
+
+
 def worker(process_id: str, port: str, workdir: str) -> None:
   """One of the processes: joins, trains on the global mesh (replicated, then sharded), resumes, writes a record."""
   distributed.initialize(_config(enabled=True, coordinator_address=f"localhost:{port}",
@@ -78,6 +95,7 @@ def worker(process_id: str, port: str, workdir: str) -> None:
   chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(state.params), atol=1e-6, rtol=1e-5)
   test = train.evaluate(state, dataset, 50, 2)
   np.savez(workdir / f"params_{process_id}.npz", **_flat_params(state))
+  np.savez(workdir / f"vgg_{process_id}.npz", **_flat_variables(_fit_vgg(workdir / "vgg")))
   results = pipeline.record(workdir, ("stages", "baseline"), {"test_accuracy": test["accuracy"]})
   (workdir / f"test_{process_id}.json").write_text(json.dumps({**test, "results": results}))
 
@@ -109,7 +127,7 @@ def _run_workers(workdir: Path, data_dir: Path) -> None:
   _run_processes(lambda i, port: [sys.executable, "-c", code, str(i), str(port), str(workdir)], data_dir)
 
 
-def test_two_processes_train_and_evaluate_as_one_process_on_one_device(shared_data_dir, tmp_path):
+def test_two_processes_train_and_evaluate_as_one_process_on_one_device_lenet_and_vgg_with_batchnorm(shared_data_dir, tmp_path):
   _run_workers(tmp_path / "multi", shared_data_dir)
   dataset = _mnist_slice(shared_data_dir)
   (tmp_path / "single").mkdir()
@@ -130,6 +148,11 @@ def test_two_processes_train_and_evaluate_as_one_process_on_one_device(shared_da
   single_lines = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines] == [line["step"] for line in single_lines] == [1, 2, 3, 4, 4]
   np.testing.assert_allclose([line["loss"] for line in lines], [line["loss"] for line in single_lines], rtol=1e-5)
+  # The VGG: the same weights and BatchNorm statistics (mean and variance over the global batch).
+  vgg = _flat_variables(_fit_vgg(tmp_path / "single" / "vgg", train.data_mesh(jax.devices()[:1])))
+  assert any(name.startswith("batch_stats/") for name in vgg)
+  for i in range(PROCESSES):
+    chex.assert_trees_all_close(dict(np.load(tmp_path / "multi" / f"vgg_{i}.npz")), vgg, atol=1e-5, rtol=1e-5)
 
 
 def test_the_local_rows_of_one_process_are_all_rows():

@@ -109,6 +109,26 @@ def _check_fit_and_evaluate(dataset, one, many, workdir):
     train.fit(state, dataset, config, 0, workdir / "bad", workdir / "metrics.jsonl", None, many)
 
 
+def _check_vgg_with_batchnorm_and_dropout(one, many):
+  """BatchNorm statistics of the global batch, dropout masks drawn for the global batch: the same on 1 and 8."""
+  dataset = synthetic_dataset("cifar10", n_train=64)
+  batch = next(data.train_batches(dataset, 32, seed=0, epoch=0, augmentation=None))
+  model = models.VGG(depth=11, width=0.0625, classifier_widths=(32,), dropout_rate=0.5)
+  state = train.create_train_state(jax.random.key(0), model, dataset.image_shape, optax.sgd(0.05, 0.9))
+  assert jax.tree.leaves(state.batch_stats)
+  (losses_one, state_one), (losses_many, state_many) = (_steps(state, batch, mesh) for mesh in (one, many))
+  np.testing.assert_allclose(losses_many, losses_one, rtol=1e-5)
+  for field in ("params", "batch_stats", "opt_state"):
+    chex.assert_trees_all_close(jax.device_get(getattr(state_many, field)), jax.device_get(getattr(state_one, field)),
+                                atol=1e-5, rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), jax.device_get(state_one.batch_stats),
+                       jax.device_get(state.batch_stats))
+  assert all(jax.tree.leaves(moved))  # Every running mean and variance took the batch in.
+  # Dropout is on: another key gives another loss for the same batch and weights.
+  other = train.train_step(train.place(state, one), train.shard_batch(batch, one), jax.random.key(2))[1]["loss"]
+  assert abs(float(other) - float(losses_one[0])) > 1e-4
+
+
 def main() -> None:
   """The checks, run inside the 8-device subprocess."""
   assert jax.device_count() == DEVICES, jax.devices()
@@ -137,18 +157,21 @@ def main() -> None:
   _assert_same_training(state, batch, one, many)
   print("shared: same losses and codebooks", flush=True)
 
+  _check_vgg_with_batchnorm_and_dropout(one, many)
+  print("vgg: same losses, parameters and BatchNorm statistics with dropout", flush=True)
+
   with tempfile.TemporaryDirectory() as workdir:
     _check_fit_and_evaluate(dataset, one, many, Path(workdir))
   print("fit and evaluate: same results, replicated or sharded; a batch size that does not split is a ConfigError",
         flush=True)
 
 
-def test_training_on_8_devices_matches_1_device_for_dense_pruned_and_shared_states():
+def test_training_on_8_devices_matches_1_device_for_dense_pruned_shared_and_vgg_batchnorm_states():
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "JAX_PLATFORMS": "cpu"}
   result = subprocess.run([sys.executable, "-c", "from tests.test_parallel import main; main()"],
                           cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert "fit and evaluate" in result.stdout
+  assert "vgg: same" in result.stdout and "fit and evaluate" in result.stdout
 
 
 def test_an_eval_batch_is_padded_with_masked_rows_to_a_multiple_of_the_devices():
