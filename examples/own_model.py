@@ -1,6 +1,6 @@
 """Compress your own Flax model with dc_jax, without our configs or training loop.
 
-  DC_JAX_DATA_DIR=../shared/data python examples/own_model.py [--epochs 2] [--out mlp.dcz]
+  DC_JAX_DATA_DIR=../shared/data python examples/own_model.py [--epochs 2] [--out runs/own_model/mlp.dcz]
 
 Any flax.linen module works: layers are chosen by the paths of their
 parameters ("hidden/kernel"), not by wrapping them.
@@ -53,7 +53,7 @@ def accuracy(model: nn.Module, params, dataset: data.Dataset) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--epochs", type=int, default=2)
-  parser.add_argument("--out", type=Path, default=Path("mlp.dcz"))
+  parser.add_argument("--out", type=Path, default=Path("runs/own_model/mlp.dcz"))  # runs/ is git-ignored.
   args = parser.parse_args()
   dataset = data.load(ml_collections.ConfigDict({"name": "mnist", "path": "", "tfds_dir": ""}))
   model = MLP()
@@ -83,6 +83,7 @@ def main() -> None:
   print(f"shared, k=16: {accuracy(model, share.materialize(shared), dataset):.4f}")
 
   # 3. Encode: a real file, read back exactly, evaluated from what was read.
+  args.out.parent.mkdir(parents=True, exist_ok=True)
   summary = codec.write(args.out, {"params": shared})
   restored = codec.read(args.out)["params"]
   print(f"{args.out}: {summary.totals['file_bytes']:,} bytes, {summary.totals['compression']:.1f}x smaller "

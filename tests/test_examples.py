@@ -12,8 +12,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_own_model_example_compresses_and_scores_the_same_from_its_file(shared_data_dir, tmp_path):
-  out = tmp_path / "mlp.dcz"
-  result = subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), "--epochs=1", f"--out={out}"],
+  out = tmp_path / "runs" / "own_model" / "mlp.dcz"  # The default: under the working folder's runs/.
+  result = subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), "--epochs=1"],
                           env={**os.environ, "DC_JAX_DATA_DIR": str(shared_data_dir)}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
