@@ -313,9 +313,9 @@ _SMALL_RUN = ("--config.train.epochs=2", "--config.train.batch_size=32", "--conf
               "--config.prune.epochs=1", "--config.share.bits=4", "--config.share.epochs=1", "--config.share.sweep=()")
 
 
-def _write_npz(path: Path, **replace) -> Path:
+def _write_npz(path: Path, n_train: int = 256, **replace) -> Path:
   """The synthetic MNIST of tests/conftest.py as a .npz, with any arrays replaced."""
-  dataset = synthetic_dataset("mnist", n_train=256, n_test=100)
+  dataset = synthetic_dataset("mnist", n_train=n_train, n_test=100)
   arrays = {"x_train": dataset.train_images[..., 0], "y_train": dataset.train_labels,
             "x_test": dataset.test_images[..., 0], "y_test": dataset.test_labels}
   arrays.update(replace)
@@ -357,6 +357,38 @@ def _temporary_files(workdir: Path) -> list[Path]:
   return sorted(workdir.rglob(".*.tmp"))
 
 
+def _committed_steps(folder: Path) -> list[int]:
+  """The checkpoints that orbax finished writing (an interrupted save has no commit_success.txt)."""
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+def _metric_lines(workdir: Path) -> list[dict]:
+  """metrics.jsonl's records; a line cut by the kill is skipped."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      pass
+  return records
+
+
+def _train_steps_after(workdir: Path, lines_at_kill: int) -> list[int]:
+  """The train steps that the resumed run logged (log_every_steps=1: every step)."""
+  return [line["step"] for line in _metric_lines(workdir)[lines_at_kill:] if line["split"] == "train"]
+
+
+# 1,024 examples in batches of 32: 32 steps an epoch, long enough that the kill, polled every 50 ms once the
+# first epoch's checkpoint has committed, lands in the second epoch with that checkpoint the latest.
+_KILL_RUN = ("--config.train.batch_size=32", "--config.train.log_every_steps=1", "--config.share.sweep=()")
+_STEPS_PER_EPOCH = 32
+
+
 @pytest.mark.slow
 def test_a_run_killed_while_pruning_resumes_to_the_results_and_file_of_an_uninterrupted_run(tmp_path):
   data_path = _write_npz(tmp_path / "mnist.npz")
@@ -380,28 +412,66 @@ def test_a_run_killed_while_pruning_resumes_to_the_results_and_file_of_an_uninte
   assert _temporary_files(killed) == []
 
 
-def test_a_run_killed_in_its_second_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
-  """The short variant: the baseline stage only, killed once its first epoch is saved."""
-  data_path = _write_npz(tmp_path / "mnist.npz")
+def test_a_run_killed_in_its_second_epoch_resumes_from_its_first_and_ends_as_an_uninterrupted_run(tmp_path):
+  """The baseline stage only, killed mid-way through epoch 2: the resumed run must train from step 33, not restore."""
+  data_path = _write_npz(tmp_path / "mnist.npz", n_train=1024)
   args = lambda workdir: _launch_args(f"--workdir={workdir}", f"--config.data.path={data_path}",
-                                      "--config.stages=('baseline',)", *_SMALL_RUN)
+                                      "--config.stages=('baseline',)", "--config.train.epochs=3", *_KILL_RUN)
   straight = _popen(args(tmp_path / "straight"), tmp_path)
   killed = tmp_path / "killed"
   _kill_when(_popen(args(killed), tmp_path), lambda: _has_checkpoint(killed / "baseline"))
+  # What was on disk at the kill: the first epoch's checkpoint only, and no results.
+  assert _committed_steps(killed / "baseline") == [_STEPS_PER_EPOCH]
   assert not (killed / "results.json").exists()
+  lines_at_kill = len(_metric_lines(killed))
   _finish(_popen(args(killed), tmp_path))
   _finish(straight)
 
+  # The resumed run trained steps 33..96 from the checkpoint of step 32.
+  assert _train_steps_after(killed, lines_at_kill) == list(range(_STEPS_PER_EPOCH + 1, 3 * _STEPS_PER_EPOCH + 1))
   resumed = json.loads((killed / "results.json").read_text())["stages"]["baseline"]
   uninterrupted = json.loads((tmp_path / "straight" / "results.json").read_text())["stages"]["baseline"]
   assert (resumed["steps"], resumed["test_accuracy"]) == (uninterrupted["steps"], uninterrupted["test_accuracy"])
-  assert resumed["steps"] == 16
+  assert resumed["steps"] == 3 * _STEPS_PER_EPOCH
   weights = []
   for workdir in (killed, tmp_path / "straight"):
     manager = train.checkpoint_manager(workdir / "baseline")
-    assert manager.latest_step() == 16
-    weights.append(manager.restore(16, args=ocp.args.StandardRestore())["params"])
+    assert manager.latest_step() == 3 * _STEPS_PER_EPOCH
+    weights.append(manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())["params"])
   chex.assert_trees_all_equal(*weights)
+  assert _temporary_files(killed) == []
+
+
+def test_a_run_killed_in_a_pruning_round_resumes_that_round_and_ends_as_an_uninterrupted_run(tmp_path):
+  """Killed in the second epoch of pruning round 1 (of 2): the round resumes from its checkpoint, masks and all."""
+  data_path = _write_npz(tmp_path / "mnist.npz", n_train=1024)
+  args = lambda workdir: _launch_args(f"--workdir={workdir}", f"--config.data.path={data_path}",
+                                      "--config.stages=('baseline', 'pruned')", "--config.train.epochs=1",
+                                      "--config.prune.rounds=2", "--config.prune.epochs=2", *_KILL_RUN)
+  straight = _popen(args(tmp_path / "straight"), tmp_path)
+  killed = tmp_path / "killed"
+  _kill_when(_popen(args(killed), tmp_path), lambda: _has_checkpoint(killed / "pruned" / "round_0"))
+  assert _committed_steps(killed / "baseline") == [_STEPS_PER_EPOCH]
+  assert _committed_steps(killed / "pruned" / "round_0") == [_STEPS_PER_EPOCH]  # Round 1 half done.
+  assert _committed_steps(killed / "pruned" / "round_1") == []
+  assert list(json.loads((killed / "results.json").read_text())["stages"]) == ["baseline"]
+  lines_at_kill = len(_metric_lines(killed))
+  _finish(_popen(args(killed), tmp_path))
+  _finish(straight)
+
+  # Round 1 went on from step 33 to 64, then round 2 ran whole: no baseline step, no round started over.
+  two_epochs = list(range(1, 2 * _STEPS_PER_EPOCH + 1))
+  assert _train_steps_after(killed, lines_at_kill) == two_epochs[_STEPS_PER_EPOCH:] + two_epochs
+  resumed = json.loads((killed / "results.json").read_text())["stages"]["pruned"]
+  uninterrupted = json.loads((tmp_path / "straight" / "results.json").read_text())["stages"]["pruned"]
+  for field in ("test_accuracy", "kept_fraction", "layers", "rounds"):
+    assert resumed[field] == uninterrupted[field], field
+  states = []
+  for workdir in (killed, tmp_path / "straight"):
+    manager = train.checkpoint_manager(workdir / "pruned" / "round_1")
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    states.append({"params": restored["params"], "masks": restored["opt_state"]["masks"]})
+  chex.assert_trees_all_equal(*states)
   assert _temporary_files(killed) == []
 
 
