@@ -5,6 +5,7 @@
   python launch.py --config configs/lenet300.py --config.distributed.enabled=True [...]  (on every host)
 """
 
+import logging as std_logging
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and result
 _EVALUATE = flags.DEFINE_string("evaluate", None, "A compressed model file (model.dcz) to evaluate on the "
                                 "config's test set, instead of running the stages.")
 flags.mark_flags_as_required(["config"])
+ROOT = Path(__file__).absolute().parent
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -32,11 +34,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {e}")
 
 
+def own_info_only(record: std_logging.LogRecord) -> bool:
+  """dc_jax's progress at INFO, other libraries' warnings only: orbax logs every checkpoint at INFO.
+
+  --verbosity=0 shows everything.
+  """
+  return record.levelno >= std_logging.WARNING or Path(record.pathname).parent.name in ("dc_jax", ROOT.name)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO; --verbosity=0 shows it.
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(own_info_only)
   workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   try:
     distributed.initialize(_CONFIG.value.distributed)

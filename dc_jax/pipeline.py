@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dc_jax import (atomic, codec, data, distributed, models, provenance, prune, report, sensitivity, share, train,
-                    validate)
+from dc_jax import (atomic, codec, data, distributed, models, progress, provenance, prune, report, sensitivity,
+                    share, train, validate)
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -144,8 +145,62 @@ def restore_weights(state: train.TrainState, folder: Path) -> train.TrainState:
   return state.replace(params=found["params"], batch_stats=found["batch_stats"])
 
 
+def schedule_steps(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, int]:
+  """Train steps of each stage the config runs: what the projected time multiplies."""
+  def steps(epochs: int) -> int:
+    return epochs * train.steps_in_epoch(dataset, config.train)
+
+  found = {"baseline": 0 if config.start_from else steps(config.train.epochs)}
+  if "pruned" in config.stages:
+    found["pruned"] = config.prune.rounds * steps(config.prune.epochs)
+  if "shared" in config.stages:
+    found["shared"] = steps(config.share.epochs)
+  if "encoded" in config.stages:
+    others = [k for k in config.share.sweep if k != sharing_plan(config.share).k]
+    found.update({f"sweep k={k}": steps(config.share.epochs) for k in others})
+  return found
+
+
+def summary(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module, workdir: Path,
+            schedule: dict[str, int], command: str) -> str:
+  """What is about to run, where, on what: the run's first lines."""
+  shape = (1, *dataset.image_shape)
+  params = train.count_params(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"])
+  devices = jax.devices()
+  return (f"{command or 'dc_jax run'}\n"
+          f"  model {config.model.name} ({params:,} parameters, {config.model.dtype} compute) on {dataset.name}: "
+          f"{dataset.train_images.shape[0]:,} training and {dataset.test_images.shape[0]:,} test images\n"
+          f"  devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+          f"{jax.process_count()} process(es); batch {config.train.batch_size}\n"
+          f"  stages: {', '.join(f'{name} ({n:,} steps)' for name, n in schedule.items())}\n"
+          f"  workdir: {workdir}")
+
+
+# A projected schedule longer than this gets a warning that points to the CPU configs.
+LONG_SCHEDULE_SECONDS = 86400
+
+
+def projection(schedule: dict[str, int], config: ml_collections.ConfigDict) -> Callable[[float], None]:
+  """What `train.fit` calls with its first measured step time: the whole schedule's time at that rate.
+
+  Retraining, fine-tuning and shared steps cost about what a dense step does
+  (bench/overhead.py), so one rate stands for all.
+  """
+  def report_projection(seconds_per_step: float) -> None:
+    total = sum(schedule.values())
+    eta = seconds_per_step * total
+    logging.info("measured %.3f s per step of batch %d: the whole schedule (%s steps) takes about %s on this "
+                 "machine, evaluation and coding aside", seconds_per_step, config.train.batch_size, f"{total:,}",
+                 progress.duration(eta))
+    if eta > LONG_SCHEDULE_SECONDS:
+      logging.warning("this schedule runs for %s here; on a CPU use configs/vgg19_fast.py:narrow (VGG19-BN at 1/8 "
+                      "width, hours), configs/lenet300.py or configs/lenet5.py (minutes), or a GPU",
+                      progress.duration(eta))
+  return report_projection
+
+
 def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
-                   workdir: Path) -> train.TrainState:
+                   workdir: Path, on_step_time: Callable[[float], None] | None = None) -> train.TrainState:
   """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`.
 
   With `start_from`, the trained weights of an earlier run are restored instead.
@@ -156,7 +211,8 @@ def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, mod
     return restore_weights(state, start_checkpoints(config.start_from))
   return train.fit(state, dataset, config.train, config.seed,
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
-                   augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline)
+                   augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline,
+                   on_step_time=on_step_time)
 
 
 def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, dense: train.TrainState,
@@ -183,8 +239,8 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
     test = train.evaluate(state, dataset, retrain.eval_batch_size, retrain.eval_batches)
     _, totals = prune.report(masks, plan.patterns)
     rounds.append({"round": r + 1, "kept_fraction": totals["kept_fraction"], "test_accuracy": test["accuracy"]})
-    print(f"pruning round {r + 1}/{plan.rounds}: kept {totals['kept_fraction']:.2%} of weights, "
-          f"test accuracy {test['accuracy']:.4f}", flush=True)
+    logging.info("pruning round %d/%d: kept %.2f%% of weights, test accuracy %.4f", r + 1, plan.rounds,
+                 100 * totals["kept_fraction"], test["accuracy"])
   return state, rounds
 
 
@@ -205,7 +261,7 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   state = share.SharedTrainState.create(apply_fn=pruned.apply_fn, params=trainable, batch_stats=pruned.batch_stats,
                                         tx=tx, frozen=frozen, reduction=config.share.reduction)
   before = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
-  print(f"shared: test accuracy {before['accuracy']:.4f} after clustering, before fine-tuning", flush=True)
+  logging.info("shared: test accuracy %.4f after clustering, before fine-tuning", before["accuracy"])
   state = train.fit(state, dataset, finetune, config.seed + config.prune.rounds + 1,
                     checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
                     augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline)
@@ -268,7 +324,7 @@ def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset
   decoded = codec.read(path)
   _check_decoded(variables, decoded, path)
   test = evaluate_variables(model, decoded, dataset, config.train)
-  print(codec.format_table(summary), flush=True)
+  logging.info("%s\n%s", path.name, codec.format_table(summary))
   return {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
@@ -545,11 +601,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
       stale.unlink()
   before = _read_results(workdir)  # A stage found here is restored: its first run's time is kept.
+  schedule = schedule_steps(config, dataset)
+  logging.info("%s", summary(config, dataset, model, workdir, schedule, command))
 
   # Each stage's "seconds" is its wall time in the run that made it; a rerun's restore is "restore_seconds".
   start = time.perf_counter()
   provenance.record(workdir, config, "baseline")
-  dense = train_baseline(config, dataset, model, workdir)
+  dense = train_baseline(config, dataset, model, workdir, projection(schedule, config))
   test = train.evaluate(dense, dataset, config.train.eval_batch_size, config.train.eval_batches)
   results = record(workdir, ("stages", "baseline"), keep_seconds(before["stages"].get("baseline"), {
       "test_accuracy": test["accuracy"],
@@ -570,7 +628,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
     pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
     layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
-    print(format_pruning_table(layers, totals), flush=True)
+    logging.info("pruned\n%s", format_pruning_table(layers, totals))
     results = record(workdir, ("stages", "pruned"), keep_seconds(before["stages"].get("pruned"), {
         "test_accuracy": rounds[-1]["test_accuracy"],
         "test_examples": test["examples"],
@@ -585,8 +643,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   if "shared" in config.stages:
     provenance.record(workdir, config, "shared")
     shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
-    print(format_sharing_table(entry["layers"]), flush=True)
-    print(f"shared: test accuracy {entry['test_accuracy']:.4f} after fine-tuning", flush=True)
+    logging.info("shared\n%s", format_sharing_table(entry["layers"]))
+    logging.info("shared: test accuracy %.4f after fine-tuning", entry["test_accuracy"])
     results = record(workdir, ("stages", "shared"), keep_seconds(before["stages"].get("shared"), entry))
   if "encoded" in config.stages:
     provenance.record(workdir, config, "encoded")
@@ -604,7 +662,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     shown = reported(results, tuple(config.stages))
     figures = make_figures(workdir, config, shown, dense, pruned, shared)
     path = report.write_report(workdir, shown, config.model.name, command, figures)
-    print(f"report: {path}", flush=True)
+    logging.info("report: %s", path)
   return results
 
 
@@ -614,8 +672,8 @@ def sweep_point(config: ml_collections.ConfigDict, dataset: data.Dataset, model:
   swept = sweep_config(config, k)
   state, entry = share_and_finetune(swept, dataset, pruned, workdir / f"shared_k{k}")
   encoded = encode_and_evaluate(swept, dataset, model, state, workdir / f"model_k{k}.dcz")
-  print(f"sweep k={k}: test accuracy {encoded['test_accuracy']:.4f}, {encoded['file_bytes']:,} bytes "
-        f"({encoded['compression_ratio']:.1f}x)", flush=True)
+  logging.info("sweep k=%d: test accuracy %.4f, %s bytes (%.1fx)", k, encoded["test_accuracy"],
+               f"{encoded['file_bytes']:,}", encoded["compression_ratio"])
   return _sweep_entry(k, entry, encoded)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,12 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from dc_jax import atomic, data, device_data, distributed
+from dc_jax import atomic, data, device_data, distributed, events, progress
 from dc_jax.errors import ConfigError
 
 
@@ -270,12 +271,16 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainSt
   return manager.restore(step, args=ocp.args.StandardRestore(state))
 
 
-def append_metrics(path: Path, record: dict[str, Any]) -> None:
-  """One JSON line, written by process 0 only."""
+def append_metrics(path: Path, record: dict[str, Any], events_writer: events.ScalarWriter | None = None) -> None:
+  """One JSON line, and its numbers as TensorBoard scalars "stage/split/name", written by process 0 only."""
   if not distributed.is_primary():
     return
   with path.open("a") as f:
     f.write(json.dumps(record) + "\n")
+  if events_writer is not None:
+    prefix = "/".join(str(record[key]) for key in ("stage", "split") if key in record)
+    events_writer.scalars(record["step"], {f"{prefix}/{name}": value for name, value in record.items()
+                                           if name in ("loss", "accuracy")})
 
 
 def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> int:
@@ -285,16 +290,20 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
         checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
-        mesh: Mesh | None = None, input_pipeline: str = "auto") -> TrainState:
+        mesh: Mesh | None = None, input_pipeline: str = "auto",
+        on_step_time: Callable[[float], None] | None = None) -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
   as JSON lines. Batches are split over the devices of `mesh` (default: all)
   and the state is placed by `config.param_sharding`; `input_pipeline`
   ("auto", "device" or "host", see device_data.py) says where batches are
-  drawn. Returns the final state (restored, if training had finished),
-  replicated: what follows (pruning, clustering, coding) reads whole arrays
-  on the host.
+  drawn. Metrics also go to TensorBoard event files in `tensorboard/` beside
+  `metrics_path`, tagged with the stage (`checkpoint_dir` below that folder).
+  `on_step_time` is called once with the seconds per step of the first steps
+  after compiling. Returns the final state (restored, if training had
+  finished), replicated: what follows (pruning, clustering, coding) reads
+  whole arrays on the host.
   """
   mesh = data_mesh() if mesh is None else mesh
   check_batch_size(config.batch_size, mesh)
@@ -307,30 +316,45 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   else:
     run_epoch = host_epoch
   first_epoch = int(state.step) // steps
+  stage = _stage_name(checkpoint_dir, metrics_path.parent)
+  writer = events.ScalarWriter(metrics_path.parent / "tensorboard") if distributed.is_primary() else None
+  log = progress.Progress(stage, config.epochs, first_epoch, steps, config.batch_size,
+                          log_lines=not progress.bar_shown(), on_step_time=on_step_time)
   try:
     for epoch in range(first_epoch, config.epochs):
-      progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
+      bar = tqdm(total=steps, desc=f"{stage} epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
       for state, done, metrics in run_epoch(state, dataset, config, seed, epoch, steps, augmentation,
                                             mesh, dropout_key):
-        progress.update(done - progress.n)
+        bar.update(done - bar.n)
+        log.advance(epoch, done, (epoch - first_epoch) * steps + done, metrics)
         if done % config.log_every_steps == 0 or done == steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(f"loss is {metrics['loss']} at step {int(state.step)} (epoch {epoch + 1}); "
                                    f"the last good checkpoint is in {checkpoint_dir}")
-          progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}")
-          append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "train", **metrics})
-      progress.close()
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}")
+          append_metrics(metrics_path, {"stage": stage, "step": int(state.step), "epoch": epoch + 1,
+                                        "split": "train", **metrics}, writer)
+      bar.close()
       test = evaluate(state, dataset, config.eval_batch_size, config.eval_batches, mesh)
-      append_metrics(metrics_path, {"step": int(state.step), "epoch": epoch + 1, "split": "test", **test})
-      print(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['loss']:.4f}, "
-            f"test accuracy {test['accuracy']:.4f}", flush=True)
+      append_metrics(metrics_path, {"stage": stage, "step": int(state.step), "epoch": epoch + 1, "split": "test",
+                                    **test}, writer)
+      logging.info("%s: epoch %d/%d, train loss %.4f, test accuracy %.4f", stage, epoch + 1, config.epochs,
+                   metrics["loss"], test["accuracy"])
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs:
         atomic.save_checkpoint(manager, int(state.step), state)  # Stops at a failed write (a full disk).
   finally:
     manager.wait_until_finished()
     manager.close()
   return replicate(state, mesh)
+
+
+def _stage_name(checkpoint_dir: Path, workdir: Path) -> str:
+  """"baseline", "pruned/round_0", "shared_k4": the checkpoint folder below the workdir."""
+  try:
+    return checkpoint_dir.absolute().relative_to(workdir.absolute()).as_posix()
+  except ValueError:
+    return checkpoint_dir.name
 
 
 def host_epoch(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int, epoch: int,

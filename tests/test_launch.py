@@ -57,6 +57,9 @@ def test_launch_runs_every_stage_on_real_cifar10_and_evaluates_the_file(shared_d
   assert (workdir / "baseline" / "3").is_dir()
   assert stages["encoded"]["file_bytes"] == (workdir / "model.dcz").stat().st_size
   assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
+  # Not a terminal: the summary first, then the measured step time and the schedule's projected time.
+  assert "stages: baseline (3 steps), pruned (" in result.stderr and f"workdir: {workdir}" in result.stderr
+  assert " s per step of batch " in result.stderr and "the whole schedule (" in result.stderr
 
   evaluated = _launch(f"--config={ROOT / 'configs/tiny.py'}", f"--evaluate={workdir / 'model.dcz'}",
                       env_data_dir=shared_data_dir, cwd=tmp_path)
