@@ -1,6 +1,7 @@
 """Magnitude pruning (Han et al. 2015): which weights to drop, and the optax transform that keeps them dropped.
 
-Everything works on any flax.linen parameter tree. A mask is a tree of bool
+Everything works on any Flax parameter tree: linen's dicts (boxed or not), an
+nnx.State, or its pure dict. A mask is a tree of bool
 arrays shaped like the parameters, True where a weight is kept. Parameters are
 chosen by regular expressions over their paths ("ip1/kernel", "conv1_1/bias"),
 matched with `re.fullmatch`. Masks only ever shrink: every criterion ANDs its
@@ -29,15 +30,22 @@ Masks = Any  # Params' structure with bool arrays of the same shapes; True = kep
 # One value for every selected layer, or (pattern, value) pairs where the first fullmatch wins.
 PerLayer = float | Sequence[tuple[str, float]]
 
-# Every conv and dense kernel; never biases, nor BatchNorm's scale and bias.
-DEFAULT_PATTERNS = (r".*kernel",)
+# Every conv and dense kernel and every embedding table (nn.Embed); never biases, nor BatchNorm's scale and bias.
+DEFAULT_PATTERNS = (r".*(kernel|embedding)",)
 CRITERIA = ("threshold", "layer", "global")
 SCHEDULES = ("geometric", "polynomial", "han")
 
 
 def path_name(path: jax.tree_util.KeyPath) -> str:
-  """A parameter's path as the patterns see it: its keys joined by "/"."""
-  return jax.tree_util.keystr(path, simple=True, separator="/")
+  """A parameter's path as the patterns see it: its keys joined by "/" ("layers/0/kernel").
+
+  The `.value` attribute that a box adds (an nnx.Variable in an nnx.State, a
+  linen LogicallyPartitioned) is left out, so that "conv/kernel" names the
+  same weights in every kind of Flax tree.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS, field: str = "prune.patterns") -> Any:
@@ -137,13 +145,23 @@ def _top_k(w: jnp.ndarray, m: jnp.ndarray, k: int) -> jnp.ndarray:
   return jnp.zeros(scores.shape, bool).at[order[:k]].set(True) & m.ravel()
 
 
+def kept_count(fraction: float, size: int) -> int:
+  """round(fraction * size), but at least 1: a layer pruned to nothing would be an accident of rounding.
+
+  (At fraction 1e-4 a 288-weight conv rounds to 0 weights, and a one-element
+  parameter at 0.5 rounds half to even, to 0.) A fraction is > 0, so keeping
+  one weight is always what the caller asked for, rounded up.
+  """
+  return max(1, round(fraction * size)) if size else 0
+
+
 def layer_fraction(params: Params, fraction: PerLayer, masks: Masks | None = None,
                    patterns: Sequence[str] = DEFAULT_PATTERNS) -> Masks:
-  """Keep the round(fraction * size) largest-magnitude weights of each layer (fewer only if fewer survive)."""
+  """Keep the round(fraction * size) largest-magnitude weights of each layer, at least 1 (fewer only if fewer survive)."""
   _check_fractions(fraction, "fraction")
 
   def criterion(name, w, m):
-    k = round(_layer_value(fraction, name, "fraction") * w.size)
+    k = kept_count(_layer_value(fraction, name, "fraction"), w.size)
     return _top_k(w, m, k).reshape(w.shape)
 
   return _prune_selected(criterion, params, masks, patterns)
@@ -151,7 +169,7 @@ def layer_fraction(params: Params, fraction: PerLayer, masks: Masks | None = Non
 
 def global_fraction(params: Params, fraction: float, masks: Masks | None = None,
                     patterns: Sequence[str] = DEFAULT_PATTERNS) -> Masks:
-  """Keep the round(fraction * total) largest-magnitude weights over all selected layers, one threshold for all.
+  """Keep the round(fraction * total) largest-magnitude weights (at least 1) over all selected layers, one threshold.
 
   Ties are broken by leaf order (sorted paths), then position in the leaf.
   """
@@ -162,7 +180,7 @@ def global_fraction(params: Params, fraction: float, masks: Masks | None = None,
   chosen = [i for i, s in enumerate(treedef.flatten_up_to(select(params, patterns))) if s]
   flat_w = jnp.concatenate([weights[i].ravel() for i in chosen])
   flat_m = jnp.concatenate([new_masks[i].ravel() for i in chosen])
-  keep = _top_k(flat_w, flat_m, round(fraction * flat_w.size))
+  keep = _top_k(flat_w, flat_m, kept_count(fraction, flat_w.size))
   splits = np.cumsum([weights[i].size for i in chosen])[:-1]
   for i, part in zip(chosen, jnp.split(keep, splits)):
     new_masks[i] = part.reshape(weights[i].shape)

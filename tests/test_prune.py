@@ -4,6 +4,7 @@ import json
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -283,3 +284,18 @@ def test_report_counts_lenet300_100_as_in_the_paper(lenet):
                     "compression": 266200 / 21776}
   assert round(totals["compression"]) == 12
   assert json.loads(json.dumps({"layers": layers, "totals": totals}))["totals"] == totals
+
+
+def test_layer_fraction_never_prunes_a_layer_to_nothing():
+  params = {"small": {"kernel": jnp.arange(1.0, 289.0).reshape(32, 9)}, "one": {"kernel": jnp.ones((1,))}}
+  masks = prune.layer_fraction(params, 1e-4)
+  assert int(masks["small"]["kernel"].sum()) == 1 and bool(masks["small"]["kernel"][-1, -1])
+  assert int(prune.layer_fraction(params, 0.5)["one"]["kernel"].sum()) == 1  # round(0.5) would be 0.
+  assert int(prune.global_fraction(params, 1e-4)["small"]["kernel"].sum()) == 1
+
+
+def test_default_patterns_take_embeddings_and_boxed_paths_without_value():
+  boxed = {"Embed_0": {"embedding": jnp.ones((4, 3))},
+           "Dense_0": {"kernel": nn.LogicallyPartitioned(jnp.ones((3, 2)), ("a", "b")), "bias": jnp.ones(2)}}
+  layers, _ = prune.report(prune.layer_fraction(boxed, 0.5))
+  assert [row["layer"] for row in layers] == ["Dense_0/kernel", "Embed_0/embedding"]
