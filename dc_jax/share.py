@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import numbers
 import re
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dc_jax import prune, train
 from dc_jax.errors import ConfigError
 
 Params = Any
+_log = logging.getLogger(__name__)  # A caller silences it with logging.getLogger("dc_jax.share").setLevel(...).
 INITS = ("linear", "density", "random", "kmeans++")
 REDUCTIONS = ("sum", "mean")
 MAX_CLUSTERS = 2 ** 16  # Indices are uint8 or uint16.
@@ -96,7 +98,7 @@ class SharedKernel:
   adds it; files do not store it).
   """
 
-  codebook: jax.Array  # float32[k]: the shared values (centroids), sorted.
+  codebook: jax.Array  # [k], the kernel's own float dtype (float32, bfloat16, ...): the shared values, sorted.
   indices: jax.Array  # The kernel's shape, the narrowest unsigned dtype that holds k - 1.
   mask: jax.Array  # The kernel's shape, bool; True = kept by pruning.
   kept: KeptWeights | None = None  # Derived from indices and mask, or None; speeds up the backward pass.
@@ -336,17 +338,42 @@ def _check_count(k: int, field: str) -> None:
     raise ConfigError(f"{field}={k!r} is not a number of clusters; valid: an integer in 2..{MAX_CLUSTERS}")
 
 
+MAX_BITS = MAX_CLUSTERS.bit_length() - 1
+
+
+def _bits_to_clusters(bits: Any, field: str) -> int:
+  if not (isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and 1 <= bits <= MAX_BITS):
+    raise ConfigError(f"{field}={bits!r} is not a number of bits; valid: an integer 1..{MAX_BITS}")
+  return 2 ** int(bits)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Which layers share weights, into how many clusters, from which initialisation; checked on construction."""
+  """Which layers share weights, into how many clusters, from which initialisation; checked on construction.
+
+  The cluster count takes the config's words too: `bits` (2**bits clusters, for
+  every layer; 0 = use `k`) and `layer_bits`, ((regex, bits), ...) tried first.
+  After construction `k` holds the counts they give.
+  """
 
   k: PerLayerCount = 13  # Clusters per layer: one count, or (pattern, count) pairs, first fullmatch wins.
   init: str = "linear"  # linear (the paper's best) | density | random | kmeans++.
   max_iterations: int = 1000  # Lloyd iterations at most; cheap in 1-D.
   patterns: Sequence[str] = prune.DEFAULT_PATTERNS  # Regexes (fullmatch) over parameter paths: what is shared.
   seed: int = 0  # For the random and kmeans++ initialisations.
+  bits: int = 0  # 2**bits clusters per layer instead of k; 0 = k decides.
+  layer_bits: Sequence[tuple[str, int]] = ()  # (regex, bits) pairs, first fullmatch wins, before bits / k.
 
   def __post_init__(self) -> None:
+    if self.bits or self.layer_bits:
+      default = _bits_to_clusters(self.bits, "share.bits") if self.bits else self.k
+      rules = [(pattern, _bits_to_clusters(bits, f"share.layer_bits[{pattern!r}]"))
+               for pattern, bits in self.layer_bits]
+      if rules and not isinstance(default, numbers.Integral):
+        rules += list(default)
+      elif rules:
+        rules.append((".*", default))
+      object.__setattr__(self, "k", rules or default)
     if self.init not in INITS:
       raise ConfigError(f"share.init={self.init!r} is not an initialisation; valid: {', '.join(INITS)}")
     if isinstance(self.k, numbers.Integral):
@@ -371,7 +398,10 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
 
   Returns the tree and one row per shared layer (JSON-able): clusters asked
   and used, surviving weights, inertia, iterations. A layer with fewer
-  distinct surviving values than k gets one centroid per value, and says so.
+  distinct surviving values than k gets one centroid per value, and says so
+  (a logging warning of "dc_jax.share"). Clustering runs in float32 (exact
+  for bfloat16 and float16 weights); the codebook keeps the kernel's dtype,
+  so `materialize` gives back a tree of the dtypes it was given.
   """
   selected = prune.select(params, plan.patterns, "share.patterns")
   rows = []
@@ -381,17 +411,21 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
       return weights
     name = prune.path_name(path)
     k = plan.clusters(name)
+    dtype = jnp.asarray(weights).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"share.patterns selects {name}, of {dtype}; valid: floating weights only")
     weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
     result = kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
     indices = np.zeros(weights.shape, index_dtype(k))
     indices[mask] = result.labels
     codebook = result.centroids.astype(np.float32) if result.centroids.size else np.zeros(1, np.float32)
+    codebook = np.sort(codebook.astype(dtype)) if dtype != np.float32 else codebook
     rows.append({"layer": name, "k": k, "clusters": int(codebook.size), "weights": int(weights.size),
                  "kept": int(mask.sum()), "inertia": result.inertia, "iterations": result.iterations,
                  "converged": result.converged})
     if result.centroids.size < k:
-      print(f"share: {name} has {result.centroids.size} distinct surviving values, fewer than k={k}: "
-            f"one centroid each", flush=True)
+      _log.warning("share: %s has %d distinct surviving values, fewer than k=%d: one centroid each",
+                   name, result.centroids.size, k)
     return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask))
 
   shared = jax.tree_util.tree_map_with_path(share_leaf, params, masks, selected)
@@ -417,10 +451,21 @@ def split(shared: Params) -> tuple[Params, Params]:
   return trainable, frozen
 
 
-def merge(trainable: Params, frozen: Params) -> Params:
-  """The inverse of `split`, whose kept weights the kernels keep: they change no value, only the gradient's cost."""
+def _merge_kept(trainable: Params, frozen: Params) -> Params:
+  """`split`'s halves joined, the kernels keeping their kept weights (what the fast backward pass reads)."""
   return jax.tree.map(lambda kernel, leaf: leaf if kernel is None else kernel.replace(codebook=leaf),
                       frozen, trainable, is_leaf=lambda x: x is None or is_shared(x))
+
+
+def merge(trainable: Params, frozen: Params) -> Params:
+  """The inverse of `split`: the tree as `quantize` made it (and `codec.read` returns it), codebooks updated."""
+  return jax.tree.map(lambda leaf: leaf.replace(kept=None) if is_shared(leaf) else leaf,
+                      _merge_kept(trainable, frozen), is_leaf=is_shared)
+
+
+def materialize_split(trainable: Params, frozen: Params, reduction: str = "sum") -> Params:
+  """`materialize(merge(trainable, frozen))`, for a fine-tuning loss: the backward pass reads only kept weights."""
+  return materialize(_merge_kept(trainable, frozen), reduction)
 
 
 class SharedTrainState(train.TrainState):
@@ -428,23 +473,38 @@ class SharedTrainState(train.TrainState):
 
   Only `params` reaches the optimizer, so indices and masks cannot move and
   pruned weights stay exactly 0. The model sees the materialised kernels.
+  `params` also holds the unshared parameters (biases, BatchNorm's scale):
+  build `tx` with `finetune_optimizer` to train the codebooks only.
+  BatchNorm statistics (`batch_stats`, {} by default) are updated by each
+  training step as in any training (`train.train_step` applies the model with
+  `mutable=["batch_stats"]`), and stored in the file with the parameters.
   """
 
   frozen: Any
   reduction: str = struct.field(pytree_node=False, default="sum")
 
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, batch_stats: Any = None, **kwargs) -> "SharedTrainState":
+    """TrainState.create, with `batch_stats` optional: {} for a model without BatchNorm."""
+    return super().create(apply_fn=apply_fn, params=params, tx=tx,
+                          batch_stats={} if batch_stats is None else batch_stats, **kwargs)
+
   def variables(self, params: Params) -> dict[str, Any]:
-    return {"params": materialize(merge(params, self.frozen), self.reduction), "batch_stats": self.batch_stats}
+    return {"params": materialize_split(params, self.frozen, self.reduction), "batch_stats": self.batch_stats}
 
   def shared_params(self) -> Params:
     """The parameter tree with SharedKernel leaves, as `quantize` made it, with the fine-tuned codebooks."""
-    shared = merge(self.params, self.frozen)
-    return jax.tree.map(lambda leaf: leaf.replace(kept=None) if is_shared(leaf) else leaf, shared, is_leaf=is_shared)
+    return merge(self.params, self.frozen)
 
 
 def finetune_optimizer(tx: optax.GradientTransformation, shared: Params,
-                       train_unshared: bool) -> optax.GradientTransformation:
-  """`tx` for the codebooks; for the other parameters (biases, BatchNorm) too, or nothing, by `train_unshared`."""
+                       train_unshared: bool = False) -> optax.GradientTransformation:
+  """`tx` for the codebooks only (the paper's fine-tuning), or for the unshared parameters too (`train_unshared`).
+
+  `split`'s trainable half holds the codebooks and every unshared parameter
+  (biases, BatchNorm's scale and bias); a plain optax optimizer would train
+  them all. This one leaves the unshared ones where they are.
+  """
   if train_unshared:
     return tx
   labels = jax.tree.map(lambda leaf: "codebook" if is_shared(leaf) else "frozen", shared, is_leaf=is_shared)

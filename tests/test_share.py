@@ -118,19 +118,18 @@ def test_quantize_shares_only_the_selected_kernels_with_the_narrowest_index_dtyp
   chex.assert_trees_all_equal(dense["ip3"], params["ip3"])
 
 
-def test_split_then_merge_is_the_identity_plus_kept_weights():
+def test_split_then_merge_is_the_identity_and_the_frozen_half_holds_kept_weights():
   _, params, masks = _pruned_lenet()
   shared, _ = share.quantize(params, masks, share.Plan(k=8))
   trainable, frozen = share.split(shared)
   chex.assert_shape(trainable["ip1"]["kernel"], (8,))
-  merged = share.merge(trainable, frozen)
+  chex.assert_trees_all_equal(share.merge(trainable, frozen), shared)  # Comparable with codec.read's tree.
   for name in ("ip1", "ip2", "ip3"):
-    kernel, original = merged[name]["kernel"], shared[name]["kernel"]
-    chex.assert_trees_all_equal(kernel.replace(kept=None), original)
+    kernel, original = frozen[name]["kernel"], shared[name]["kernel"]
     positions = np.flatnonzero(np.asarray(original.mask))
     np.testing.assert_array_equal(kernel.kept.positions, positions)
     np.testing.assert_array_equal(kernel.kept.indices, np.asarray(original.indices).ravel()[positions])
-    chex.assert_trees_all_equal(merged[name]["bias"], shared[name]["bias"])
+  chex.assert_trees_all_equal(share.materialize_split(trainable, frozen), share.materialize(shared))
 
 
 @pytest.mark.parametrize("reduction", share.REDUCTIONS)
@@ -218,3 +217,39 @@ def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
 
 def test_index_dtype_is_the_narrowest_that_holds_k():
   assert [share.index_dtype(k) for k in (2, 256, 257, 65536)] == [np.uint8, np.uint8, np.uint16, np.uint16]
+
+
+def test_plan_takes_the_configs_bits_and_layer_bits():
+  assert share.Plan(bits=4).clusters("fc/kernel") == 16
+  plan = share.Plan(bits=5, layer_bits=[("conv.*", 8)])
+  assert plan.clusters("conv1/kernel") == 256 and plan.clusters("fc/kernel") == 32
+  assert share.Plan(k=9, layer_bits=[("conv.*", 2)]).clusters("fc/kernel") == 9
+  with pytest.raises(ConfigError, match="share.bits=17"):
+    share.Plan(bits=17)
+
+
+def test_quantize_reports_few_distinct_values_through_logging_not_print(caplog, capsys):
+  params = {"d": {"kernel": jnp.asarray([[0.5, -0.5], [0.5, 0.25]])}}
+  with caplog.at_level("WARNING", logger="dc_jax.share"):
+    share.quantize(params, prune.all_kept(params), share.Plan(k=8))
+  assert "3 distinct surviving values" in caplog.text and capsys.readouterr().out == ""
+
+
+def test_bf16_and_f16_kernels_keep_their_dtype_through_quantize_and_materialize():
+  params = {"a": {"kernel": jnp.linspace(-1, 1, 12, dtype=jnp.bfloat16).reshape(3, 4)},
+            "b": {"kernel": jnp.linspace(-1, 1, 12, dtype=jnp.float16).reshape(3, 4)}}
+  shared, _ = share.quantize(params, prune.all_kept(params), share.Plan(k=4))
+  chex.assert_trees_all_equal_dtypes(share.materialize(shared), params)
+
+
+def test_shared_train_state_needs_no_batch_stats_and_the_default_optimizer_trains_only_codebooks():
+  model, params, masks = _pruned_lenet()
+  shared, _ = share.quantize(params, masks, share.Plan(k=4))
+  trainable, frozen = share.split(shared)
+  state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, frozen=frozen,
+                                        tx=share.finetune_optimizer(optax.sgd(0.1), shared))
+  assert state.batch_stats == {}
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  after = state.apply_gradients(grads=grads).params
+  chex.assert_trees_all_equal(after["ip1"]["bias"], trainable["ip1"]["bias"])
+  assert not np.array_equal(after["ip1"]["kernel"], trainable["ip1"]["kernel"])
