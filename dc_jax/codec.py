@@ -11,7 +11,9 @@ where one neuron's weights are contiguous; on LeNet-300-100's ip1 it codes
 the relative indices in 3.5 bits instead of 4.3. Both streams are Huffman
 coded per layer. Any other leaf is stored
 raw. docs/FORMAT.md gives the file byte by byte; `write` and `read` round-trip
-a Flax variables tree exactly.
+a Flax variables tree exactly: linen's dicts, boxed parameters (stored
+unboxed), an nnx.State or its pure dict (integer keys of layers in a list come
+back as integers), float32, float16 and bfloat16 alike.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from dc_jax import atomic, huffman
+from dc_jax import atomic, flax_trees, huffman
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.share import SharedKernel
 
 MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
-VERSION = 1
+VERSION = 2  # The newest this reader knows. A writer writes 1 unless the tree needs 2 (FORMAT.md).
+VERSIONS = (1, 2)
 MAX_INDEX_BITS = 16
 MAX_KERNEL_WEIGHTS = 2**32  # A reader's limit: 8 bytes of a shape can ask for more memory than any machine has.
 AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
@@ -43,6 +47,11 @@ AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper us
 IndexBits = int | str | Sequence[tuple[str, int | str]]
 RAW, SHARED, EMPTY = 0, 1, 2  # Record kinds: a plain array, a SharedKernel, an empty dict.
 _RAW_KINDS = "biufc"  # numpy dtype kinds stored raw: bool, signed, unsigned, float, complex.
+STR_KEY, INT_KEY = 0, 1  # Version 2's key types: a dict key, or an integer (nnx's index of a layer in a list).
+# ml_dtypes' types (numpy kind 'V', so dtype.str "<V2" does not name them): stored by name, from version 2.
+ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz", "float8_e4m3fnuz",
+             "float8_e5m2fnuz", "int4", "uint4")
+CODEBOOK_DTYPES = ("float32", "float16", "bfloat16")  # A SharedKernel's codebook; float32 only in version 1.
 _HEADER = struct.Struct("<8sHI")  # magic, version, record count; then the CRC32 of these 14 bytes.
 
 
@@ -52,7 +61,7 @@ class EncodedLayer:
 
   shape: tuple[int, ...]
   index_dtype: np.dtype  # The kernel's indices dtype, restored on decoding.
-  codebook: np.ndarray  # float32[k].
+  codebook: np.ndarray  # [k] of a CODEBOOK_DTYPES dtype: the kernel's own.
   index_bits: int  # b: each entry's jump is 1..2**b, stored as jump - 1.
   entries: int  # Kept weights plus fillers.
   weight_lengths: np.ndarray  # uint8 code lengths of weight symbols 0 (filler), 1..k (cluster + 1).
@@ -70,14 +79,14 @@ class Summary(NamedTuple):
 
 def _check_width(value: Any) -> None:
   valid = value == "auto" or (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-                              and 1 <= value <= MAX_INDEX_BITS)
+                              and 0 <= value <= MAX_INDEX_BITS)
   if not valid:
     raise ConfigError(f"codec.index_bits={value!r} is not an index width; "
-                      f"valid: an integer 1..{MAX_INDEX_BITS} or 'auto'")
+                      f"valid: an integer 1..{MAX_INDEX_BITS}, or 'auto' (or 0, as in the config)")
 
 
 def check_index_bits(index_bits: IndexBits) -> None:
-  """Fails on a width outside 1..16 (or 'auto'), or on rules that are not (regex, width) pairs."""
+  """Fails on a width outside 1..16 (or 'auto', or 0 for auto), or on rules that are not (regex, width) pairs."""
   if isinstance(index_bits, (numbers.Integral, str)):
     return _check_width(index_bits)
   if not isinstance(index_bits, Sequence) or not all(
@@ -112,8 +121,9 @@ def from_neuron_major(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _kernel_arrays(kernel: SharedKernel, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The kernel's (codebook, indices, mask) as numpy, checked so that decoding can restore them exactly."""
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
-  if codebook.dtype != np.float32 or codebook.ndim != 1:
-    raise ValueError(f"{name}: codebook must be float32[k]; got {codebook.dtype}{list(codebook.shape)}")
+  if codebook.dtype.name not in CODEBOOK_DTYPES or codebook.ndim != 1:
+    raise ValueError(f"{name}: codebook must be [k] of {', '.join(CODEBOOK_DTYPES)}; "
+                     f"got {codebook.dtype}{list(codebook.shape)}")
   if indices.dtype.kind != "u" or mask.dtype != bool or indices.shape != mask.shape:
     raise ValueError(f"{name}: indices must be unsigned and mask bool, of one shape; "
                      f"got {indices.dtype}{list(indices.shape)} and {mask.dtype}{list(mask.shape)}")
@@ -188,7 +198,7 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
 
   Args:
     kernel: the weight-shared kernel.
-    index_bits: b in 1..16, or "auto" for the b in 2..8 that codes smallest.
+    index_bits: b in 1..16, or "auto" (or 0) for the b in 2..8 that codes smallest.
     name: the layer's path, for messages.
   """
   _check_width(index_bits)
@@ -196,7 +206,7 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
   shape = tuple(int(d) for d in mask.shape)
   indices, mask = neuron_major(indices), neuron_major(mask)
   k = codebook.size
-  bits = _auto_index_bits(mask, indices, k) if index_bits == "auto" else int(index_bits)
+  bits = _auto_index_bits(mask, indices, k) if index_bits in ("auto", 0) else int(index_bits)
   symbols, fields = relative_entries(mask, indices, bits)
   weight_counts = np.bincount(symbols, minlength=k + 1)
   field_counts = np.bincount(fields, minlength=1 << bits)
@@ -215,15 +225,17 @@ def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: 
 
   P+Q stores each weight symbol in ceil(log2(k + 1)) bits, one more code than
   the k clusters for the filler, and each index in b bits; P+Q+H stores the
-  Huffman codes plus their code-length tables. Both add the float32 codebook.
+  Huffman codes plus their code-length tables.
+  Both add the codebook (float32, or the kernel's narrower dtype).
   """
   size, k, entries = math.prod(encoded.shape), encoded.codebook.size, encoded.entries
   weight_bits = huffman.coded_bits(weight_counts[:encoded.weight_lengths.size], encoded.weight_lengths)
   index_bits = huffman.coded_bits(field_counts[:encoded.index_lengths.size], encoded.index_lengths)
   table_bits = 8 * (encoded.weight_lengths.size + encoded.index_lengths.size)
   fixed_width = k.bit_length()  # ceil(log2(k + 1)).
-  pq_bits = entries * (fixed_width + encoded.index_bits) + 32 * k
-  pqh_bits = weight_bits + index_bits + table_bits + 32 * k
+  codebook_bits = 8 * encoded.codebook.nbytes
+  pq_bits = entries * (fixed_width + encoded.index_bits) + codebook_bits
+  pqh_bits = weight_bits + index_bits + table_bits + codebook_bits
 
   def per_entry(bits: int) -> float:
     return bits / entries if entries else 0.0
@@ -237,7 +249,8 @@ def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: 
           "index_bits_pq": encoded.index_bits, "index_bits_pqh": per_entry(index_bits),
           "weight_entropy": huffman.entropy(weight_counts), "index_entropy": huffman.entropy(field_counts),
           "bits_pq": pq_bits, "bits_pqh": pqh_bits,
-          "compress_rate_pq": rate(pq_bits), "compress_rate_pqh": rate(pqh_bits), "codebook_bytes": 4 * k}
+          "compress_rate_pq": rate(pq_bits), "compress_rate_pqh": rate(pqh_bits),
+          "codebook_bytes": encoded.codebook.nbytes}
 
 
 def decode_layer(encoded: EncodedLayer) -> SharedKernel:
@@ -265,29 +278,50 @@ def _text(value: str, width: str = "H") -> bytes:
   return struct.pack(f"<{width}", len(data)) + data
 
 
+def _dtype_text(dtype: np.dtype) -> bytes:
+  """numpy's dtype.str ("<f4"), or an ml_dtypes name ("bfloat16"), whose dtype.str ("<V2") does not name it."""
+  return _text(dtype.name if dtype.kind == "V" else dtype.str, "B")
+
+
 def _array_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-  return _text(dtype.str, "B") + struct.pack(f"<B{len(shape)}Q", len(shape), *shape)
+  return _dtype_text(dtype) + struct.pack(f"<B{len(shape)}Q", len(shape), *shape)
+
+
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+  """The array's data in C order, each element little-endian (ml_dtypes' types through their unsigned bits)."""
+  if array.dtype.kind == "V":
+    bits = f"u{array.dtype.itemsize}"
+    return np.ascontiguousarray(array).view(f"={bits}").astype(f"<{bits}").tobytes()
+  return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _key(key: str | int, version: int) -> bytes:
+  if version == 1:
+    return _text(key)
+  return struct.pack("<B", INT_KEY if isinstance(key, int) else STR_KEY) + _text(str(key))
 
 
 def _stream(lengths: np.ndarray, payload: bytes) -> bytes:
   return struct.pack("<I", lengths.size) + lengths.astype(np.uint8).tobytes() + struct.pack("<Q", len(payload)) + payload
 
 
-def _record_body(keys: tuple[str, ...], leaf: Any, encoded: EncodedLayer | None) -> bytes:
+def _record_body(keys: tuple[str | int, ...], leaf: Any, encoded: EncodedLayer | None, version: int) -> bytes:
   """A record's body: the key path, the kind, and the leaf's data."""
-  body = struct.pack("<H", len(keys)) + b"".join(_text(key) for key in keys)
+  body = struct.pack("<H", len(keys)) + b"".join(_key(key, version) for key in keys)
   if encoded is not None:
+    codebook = (encoded.codebook.astype("<f4").tobytes() if version == 1
+                else _dtype_text(encoded.codebook.dtype) + _little_endian_bytes(encoded.codebook))
     return (body + struct.pack("<B", SHARED) + _array_header(encoded.index_dtype, encoded.shape)
             + struct.pack("<IB", encoded.codebook.size, encoded.index_bits)
-            + encoded.codebook.astype("<f4").tobytes() + struct.pack("<Q", encoded.entries)
+            + codebook + struct.pack("<Q", encoded.entries)
             + _stream(encoded.weight_lengths, encoded.weight_payload)
             + _stream(encoded.index_lengths, encoded.index_payload))
   if leaf is traverse_util.empty_node:
     return body + struct.pack("<B", EMPTY)
   array = np.asarray(leaf)
-  little = array.dtype.newbyteorder("<")
-  data = array.astype(little, copy=False).tobytes()
-  return body + struct.pack("<B", RAW) + _array_header(little, array.shape) + struct.pack("<Q", len(data)) + data
+  data = _little_endian_bytes(array)
+  dtype = array.dtype if array.dtype.kind == "V" else array.dtype.newbyteorder("<")
+  return body + struct.pack("<B", RAW) + _array_header(dtype, array.shape) + struct.pack("<Q", len(data)) + data
 
 
 def _framed(body: bytes) -> bytes:
@@ -296,22 +330,50 @@ def _framed(body: bytes) -> bytes:
   return head + body + struct.pack("<I", zlib.crc32(head + body))
 
 
-def _leaves(variables: Any) -> dict[tuple[str, ...], Any]:
-  """The tree's leaves by key path, in order, empty dicts included; fails on what cannot be stored."""
+def _is_int_key(key: Any) -> bool:
+  return isinstance(key, numbers.Integral) and not isinstance(key, bool)
+
+
+def _storable_dtype(dtype: np.dtype) -> bool:
+  return dtype.kind in _RAW_KINDS or (dtype.kind == "V" and dtype.name in ML_DTYPES)
+
+
+def _leaves(variables: Any) -> dict[tuple[str | int, ...], Any]:
+  """The tree's leaves by key path, in order, empty dicts included; fails on what cannot be stored.
+
+  An nnx.State becomes its pure dict and boxed leaves (LogicallyPartitioned) their values first.
+  """
+  variables = flax_trees.unbox(flax_trees.pure(variables))
   if not isinstance(variables, dict):
-    raise TypeError(f"variables must be a (nested) dict; got {type(variables).__name__}")
+    raise TypeError(f"variables must be a (nested) dict or an nnx.State; got {type(variables).__name__}")
   flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True)
   for keys, leaf in flat.items():
     name = "/".join(map(str, keys))
-    if not all(isinstance(key, str) for key in keys):
-      raise TypeError(f"{name}: dict keys must be strings; got {[type(key).__name__ for key in keys]}")
+    if not all(isinstance(key, str) or _is_int_key(key) for key in keys):
+      raise TypeError(f"{name}: dict keys must be strings or integers; got {[type(key).__name__ for key in keys]}")
     if isinstance(leaf, SharedKernel) or leaf is traverse_util.empty_node:
       continue
-    if not isinstance(leaf, (np.ndarray, jax.Array)) or np.asarray(leaf).dtype.kind not in _RAW_KINDS:
+    if not isinstance(leaf, (np.ndarray, jax.Array)) or not _storable_dtype(np.asarray(leaf).dtype):
       kind = getattr(leaf, "dtype", type(leaf).__name__)
       raise TypeError(f"{name}: cannot store a leaf of {kind}; valid: SharedKernel, or a numpy or jax "
-                      f"array of bool, integers, floats or complex")
-  return flat
+                      f"array of bool, integers, floats, complex or {', '.join(ML_DTYPES)}")
+  return {tuple(int(key) if _is_int_key(key) else key for key in keys): leaf for keys, leaf in flat.items()}
+
+
+def _version(flat: dict[tuple[str | int, ...], Any]) -> int:
+  """1 when the tree fits version 1 (string keys, float32 codebooks, numpy-named dtypes), else 2.
+
+  So a plain float32 linen tree gives the same bytes as before version 2 existed.
+  """
+  for keys, leaf in flat.items():
+    if any(isinstance(key, int) for key in keys):
+      return 2
+    if isinstance(leaf, SharedKernel):
+      if np.asarray(leaf.codebook).dtype != np.float32:
+        return 2
+    elif leaf is not traverse_util.empty_node and np.asarray(leaf).dtype.kind == "V":
+      return 2
+  return 1
 
 
 RAW_FLOAT_DTYPES = ("float32", "float16")  # codec.raw_dtype: the precision of raw floating leaves in a file.
@@ -347,8 +409,10 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summar
 
   Args:
     path: the file to write (replaced atomically).
-    variables: nested dicts of SharedKernel and numpy/jax arrays, e.g. {"params": ..., "batch_stats": ...}.
-    index_bits: b for the relative indices: 1..16, "auto", or (regex, b) pairs over "/"-joined paths.
+    variables: nested dicts of SharedKernel and numpy/jax arrays, e.g. {"params": ..., "batch_stats": ...};
+      boxed leaves are stored unboxed, an nnx.State as its pure dict.
+    index_bits: b for the relative indices: 1..16, "auto" or 0 (the config's word for auto), or
+      (regex, b) pairs over "/"-joined paths.
   """
   content, summary = encode(variables, index_bits)
   atomic.write_bytes(Path(path), content)
@@ -359,21 +423,23 @@ def encode(variables: Any, index_bits: IndexBits = 5) -> tuple[bytes, Summary]:
   """The bytes `write` stores and its Summary, without a file: for a caller that writes them itself (or not)."""
   check_index_bits(index_bits)
   flat = _leaves(variables)
+  version = _version(flat)
   records, layers, dense_bytes, raw_bytes = [], [], 0, 0
   for keys, leaf in flat.items():
-    name = "/".join(keys)
+    name = "/".join(map(str, keys))
     encoded = None
     if isinstance(leaf, SharedKernel):
       encoded, row = encode_layer(leaf, layer_index_bits(index_bits, name), name)
       dense_bytes += 4 * row["weights"]
     elif leaf is not traverse_util.empty_node:
       array = np.asarray(leaf)
-      dense_bytes += 4 * array.size if array.dtype.kind == "f" else array.nbytes  # Floats count as float32.
+      floating = array.dtype.kind == "f" or array.dtype.name in ML_DTYPES[:6]
+      dense_bytes += 4 * array.size if floating else array.nbytes  # Floats count as float32.
       raw_bytes += array.nbytes
-    records.append(_framed(_record_body(keys, leaf, encoded)))
+    records.append(_framed(_record_body(keys, leaf, encoded, version)))
     if encoded is not None:
       layers.append({"layer": name, **row, "record_bytes": len(records[-1])})
-  header = _HEADER.pack(MAGIC, VERSION, len(records))
+  header = _HEADER.pack(MAGIC, version, len(records))
   content = header + struct.pack("<I", zlib.crc32(header)) + b"".join(records)
   content += struct.pack("<I", zlib.crc32(content))
   file_bytes = len(content)
@@ -411,8 +477,10 @@ class _Reader:
     except UnicodeDecodeError as error:
       raise DataError(f"{self.where}: a name is not UTF-8: {error}") from error
 
-  def dtype(self, kinds: str) -> np.dtype:
+  def dtype(self, kinds: str, version: int = 1) -> np.dtype:
     name = self.text("B")
+    if version >= 2 and name in ML_DTYPES:
+      return np.dtype(getattr(ml_dtypes, name))
     try:
       dtype = np.dtype(name)
     except (TypeError, ValueError) as error:
@@ -429,20 +497,41 @@ class _Reader:
     return lengths, bytes(self.take(payload))
 
 
-def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
+def _from_little_endian(data: memoryview, dtype: np.dtype) -> np.ndarray:
+  """The inverse of `_little_endian_bytes`, flat."""
+  if dtype.kind == "V":
+    bits = f"u{dtype.itemsize}"
+    return np.frombuffer(data, f"<{bits}").astype(f"={bits}").view(dtype)
+  return np.frombuffer(data, dtype).copy()
+
+
+def _read_key(reader: _Reader, version: int) -> str | int:
+  if version == 1:
+    return reader.text()
+  (kind,) = reader.unpack("B")
+  text = reader.text()
+  if kind == STR_KEY:
+    return text
+  if kind == INT_KEY and re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
+    return int(text)
+  raise DataError(f"{reader.where}: key type {kind} with text {text!r}; valid: {STR_KEY} (text), "
+                  f"{INT_KEY} (a decimal integer)")
+
+
+def _parse_record(body: memoryview, where: str, version: int = 1) -> tuple[tuple[str | int, ...], Any]:
   """A record body back into (key path, leaf)."""
   reader = _Reader(body, where)
   (depth,) = reader.unpack("H")
   if depth == 0:
     raise DataError(f"{where}: a record needs a key path of depth >= 1; this one has depth 0")
-  keys = tuple(reader.text() for _ in range(depth))
-  where = f"{where} ({'/'.join(keys)!r})"
+  keys = tuple(_read_key(reader, version) for _ in range(depth))
+  where = f"{where} ({'/'.join(map(str, keys))!r})"
   reader.where = where
   (kind,) = reader.unpack("B")
   if kind == EMPTY:
     leaf = traverse_util.empty_node
   elif kind in (RAW, SHARED):
-    dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u")
+    dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u", version)
     (ndim,) = reader.unpack("B")
     shape = reader.unpack(f"{ndim}Q")
     if kind == SHARED and math.prod(shape) > MAX_KERNEL_WEIGHTS:  # Raw leaves are bounded by their bytes.
@@ -451,10 +540,14 @@ def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
       (size,) = reader.unpack("Q")
       if size != math.prod(shape) * dtype.itemsize:
         raise DataError(f"{where}: {size} bytes do not hold {dtype}{list(shape)}")
-      leaf = np.frombuffer(reader.take(size), dtype).reshape(shape).copy()
+      leaf = _from_little_endian(reader.take(size), dtype).reshape(shape)
     else:
       k, bits = reader.unpack("IB")
-      codebook = np.frombuffer(reader.take(4 * k), "<f4").astype(np.float32)
+      codebook_dtype = np.dtype("<f4") if version == 1 else reader.dtype("f", version)
+      if codebook_dtype.name not in CODEBOOK_DTYPES:
+        raise DataError(f"{where}: codebook dtype {codebook_dtype}; valid: {', '.join(CODEBOOK_DTYPES)}")
+      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * k), codebook_dtype)
+      codebook = codebook.astype(codebook_dtype.newbyteorder("="))
       (entries,) = reader.unpack("Q")
       weight_lengths, weight_payload = reader.stream()
       index_lengths, index_payload = reader.stream()
@@ -472,30 +565,36 @@ def _parse_record(body: memoryview, where: str) -> tuple[tuple[str, ...], Any]:
   return keys, leaf
 
 
-def _stored_name(body: memoryview) -> str:
+def _stored_name(body: memoryview, version: int) -> str:
   """The key path at the start of a body that failed its CRC, as far as it can be read."""
   try:
     reader = _Reader(body, "")
     (depth,) = reader.unpack("H")
-    return "/".join(bytes(reader.take(reader.unpack("H")[0])).decode("utf-8", "replace") for _ in range(depth))
+    names = []
+    for _ in range(depth):
+      if version >= 2:
+        reader.unpack("B")
+      names.append(bytes(reader.take(reader.unpack("H")[0])).decode("utf-8", "replace"))
+    return "/".join(names)
   except DataError:
     return "?"
 
 
-def _check_new_path(keys: tuple[str, ...], i: int, leaves: dict[tuple[str, ...], int],
-                    dicts: dict[tuple[str, ...], int], where: str) -> None:
+def _check_new_path(keys: tuple[str | int, ...], i: int, leaves: dict[tuple[str | int, ...], int],
+                    dicts: dict[tuple[str | int, ...], int], where: str) -> None:
   """Record i's path must be new, and neither a dict of an earlier record's path nor under an earlier leaf.
 
   `leaves` maps each earlier record's path to its record, `dicts` each proper prefix of one to its first record.
   """
-  name = "/".join(keys)
+  name = "/".join(map(str, keys))
   if keys in leaves:
     raise DataError(f"{where} ({name!r}) repeats the path of record {leaves[keys]}")
   if keys in dicts:
     raise DataError(f"{where} ({name!r}) is a leaf, but record {dicts[keys]} holds a leaf under it")
   above = next((keys[:n] for n in range(1, len(keys)) if keys[:n] in leaves), None)
   if above is not None:
-    raise DataError(f"{where} ({name!r}) lies under the leaf of record {leaves[above]} ({'/'.join(above)!r})")
+    raise DataError(f"{where} ({name!r}) lies under the leaf of record {leaves[above]} "
+                    f"({'/'.join(map(str, above))!r})")
   leaves[keys] = i
   for n in range(1, len(keys)):
     dicts.setdefault(keys[:n], i)
@@ -503,6 +602,10 @@ def _check_new_path(keys: tuple[str, ...], i: int, leaves: dict[tuple[str, ...],
 
 def read(path: str | Path) -> dict[str, Any]:
   """The variables tree `write` stored: numpy arrays and SharedKernels of numpy arrays, bit for bit.
+
+  Reads format versions 1 and 2. Boxed leaves come back unboxed (`flax_trees.rebox`
+  puts a template's boxes back); integer keys come back as integers, so the
+  pure dict of an nnx.State loads back with `flax_trees.load`.
 
   Raises DataError, naming the file and the record, on a wrong magic or version,
   a truncated file, a CRC mismatch, a record whose fields do not decode, a path
@@ -520,8 +623,8 @@ def read(path: str | Path) -> dict[str, Any]:
   (crc,) = reader.unpack("I")
   if crc != zlib.crc32(data[:_HEADER.size]):
     raise DataError(f"{path}: header CRC mismatch: the file is corrupt")
-  if version != VERSION:
-    raise DataError(f"{path}: format version {version}; this reader knows version {VERSION}")
+  if version not in VERSIONS:
+    raise DataError(f"{path}: format version {version}; this reader knows versions {VERSIONS}")
   flat, leaves, dicts = {}, {}, {}
   for i in range(count):
     reader.where = f"{path}: record {i}"
@@ -530,8 +633,8 @@ def read(path: str | Path) -> dict[str, Any]:
     body = reader.take(size)
     (crc,) = reader.unpack("I")
     if crc != zlib.crc32(data[start:reader.offset - 4]):
-      raise DataError(f"{path}: record {i} ({_stored_name(body)!r}) is corrupt: CRC32 mismatch")
-    keys, leaf = _parse_record(body, f"{path}: record {i}")
+      raise DataError(f"{path}: record {i} ({_stored_name(body, version)!r}) is corrupt: CRC32 mismatch")
+    keys, leaf = _parse_record(body, f"{path}: record {i}", version)
     _check_new_path(keys, i, leaves, dicts, f"{path}: record {i}")
     flat[keys] = leaf
   reader.where = f"{path}: file CRC"

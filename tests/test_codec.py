@@ -243,7 +243,7 @@ def test_an_error_while_writing_removes_the_temporary_file(model_file, monkeypat
   assert model_file.read_bytes() == good
 
 
-@pytest.mark.parametrize("index_bits", [0, 17, 5.0, True, "five", [("fc.*", 33)], [(".*",)]])
+@pytest.mark.parametrize("index_bits", [-1, 17, 5.0, True, "five", [("fc.*", 33)], [(".*",)]])
 def test_bad_index_bits_fail_naming_the_value(tmp_path, index_bits):
   with pytest.raises(ConfigError, match="index_bits"):
     codec.write(tmp_path / "m.dcz", mixed_tree(), index_bits)
@@ -314,3 +314,32 @@ def test_float16_raw_leaves_make_a_smaller_file_that_reads_back_exactly(tmp_path
   assert half.totals["dense_bytes"] == full.totals["dense_bytes"]  # Dense size counts float32 either way.
   with pytest.raises(ConfigError, match="codec.raw_dtype='int8'"):
     codec.narrow_raw_floats(variables, "int8")
+
+
+def test_index_bits_0_means_auto_as_in_the_config():
+  tree = mixed_tree()
+  assert codec.encode(tree, 0)[0] == codec.encode(tree, "auto")[0]
+  assert codec.encode(tree, [(".*", 0)])[0] == codec.encode(tree, "auto")[0]
+
+
+def test_a_plain_tree_is_written_as_version_1_and_reads_back():
+  content, _ = codec.encode(mixed_tree())
+  assert struct.unpack_from("<H", content, 8)[0] == 1
+
+
+def test_integer_keys_and_bfloat16_write_version_2_and_come_back_exactly(tmp_path):
+  kernel = shared_kernel(0, (20, 6), 8, 0.3)
+  bf16_kernel = kernel.replace(codebook=jnp.asarray(kernel.codebook, jnp.bfloat16))
+  tree = {"layers": {0: {"kernel": kernel, "bias": np.arange(6, dtype=np.float32)},
+                     1: {"kernel": bf16_kernel, "bias": np.linspace(-1, 1, 6).astype(jnp.bfloat16)}}}
+  codec.write(tmp_path / "m.dcz", tree)
+  back = codec.read(tmp_path / "m.dcz")
+  assert struct.unpack_from("<H", (tmp_path / "m.dcz").read_bytes(), 8)[0] == 2
+  assert list(back["layers"]) == [0, 1]
+  assert back["layers"][1]["bias"].dtype == jnp.bfloat16 and back["layers"][1]["kernel"].codebook.dtype == jnp.bfloat16
+  chex.assert_trees_all_equal(back, jax.tree.map(np.asarray, tree))
+
+
+def test_a_key_that_is_neither_text_nor_integer_fails_naming_both():
+  with pytest.raises(TypeError, match="strings or integers"):
+    codec.encode({"a": {(1, 2): np.zeros(2)}})
