@@ -3,7 +3,8 @@
   DC_JAX_DATA_DIR=../shared/data python examples/own_model.py [--epochs 2] [--out runs/own_model/mlp.dcz]
 
 Any flax.linen module works: layers are chosen by the paths of their
-parameters ("hidden/kernel"), not by wrapping them.
+parameters ("hidden/kernel"), not by wrapping them. examples/own_model_nnx.py
+is the same for a flax.nnx module.
 """
 
 import argparse
@@ -76,9 +77,10 @@ def main() -> None:
   trainable, frozen = share.split(shared)
 
   def shared_loss(trainable, images, labels):
-    return loss(share.materialize(share.merge(trainable, frozen)), images, labels)
+    return loss(share.materialize_split(trainable, frozen), images, labels)
 
-  trainable = fit(shared_loss, trainable, optax.adam(1e-4), dataset, 1)
+  # `trainable` also holds the biases: finetune_optimizer leaves them as they are.
+  trainable = fit(shared_loss, trainable, share.finetune_optimizer(optax.adam(1e-4), shared), dataset, 1)
   shared = share.merge(trainable, frozen)
   print(f"shared, k=16: {accuracy(model, share.materialize(shared), dataset):.4f}")
 
