@@ -212,3 +212,23 @@ def test_pruning_plan_reads_per_layer_overrides_first_match_wins():
   assert int(masks["ip1"]["kernel"].sum()) == round(0.07 * 100)
   assert int(masks["ip3"]["kernel"].sum()) == 25
   assert prune.report(masks)[1]["kept"] == 7 + 25
+
+
+def test_float16_raw_leaves_redo_only_the_encoding_and_score_from_the_smaller_file(small_config, tmp_path):
+  workdir = tmp_path / "run"
+  before = pipeline.run(small_config, workdir)["stages"]
+  small_config.codec.raw_dtype = "float16"
+  with pytest.raises(ConfigError, match='codec.raw_dtype "float32" -> "float16"'):
+    pipeline.run(small_config, workdir)
+  small_config.redo_changed = True
+  after = pipeline.run(small_config, workdir)["stages"]
+  after["shared"].pop("restore_seconds")
+  assert after["shared"] == before["shared"]  # Restored: only the file changed.
+  biases = 300 + 100 + 10
+  assert after["encoded"]["file_bytes"] == before["encoded"]["file_bytes"] - 2 * biases
+  assert after["encoded"]["dense_bytes"] == before["encoded"]["dense_bytes"]
+  params = codec.read(workdir / pipeline.MODEL_FILE)["params"]
+  assert {params[name]["bias"].dtype for name in ("ip1", "ip2", "ip3")} == {np.dtype(np.float16)}
+  assert abs(after["encoded"]["test_accuracy"] - before["encoded"]["test_accuracy"]) <= 0.02
+  assert pipeline.evaluate_file(small_config, workdir / pipeline.MODEL_FILE)["accuracy"] == (
+      after["encoded"]["test_accuracy"])
