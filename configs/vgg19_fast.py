@@ -18,6 +18,8 @@ A smoke of every stage and the sweep (minutes on a CPU):
       --config.train.steps_per_epoch=3 --config.prune.rounds=1 --config.prune.epochs=1 --config.share.epochs=1
 """
 
+import ml_collections
+
 from configs import vgg19
 
 VARIANTS = ("", "narrow")
@@ -53,4 +55,16 @@ def get_config(variant: str = ""):
     # As configs/vgg19_narrow.py measured: 0.5 dropout on 64 features stalls training.
     config.model.dropout = 0.0
     config.model.dtype = "float32"  # bfloat16 matmuls are emulated, and slow, on most CPUs.
+  return config
+
+
+SCHEDULES = ("", "fast", "fast_narrow")
+
+
+def with_k(k: int, schedule: str) -> ml_collections.ConfigDict:
+  """VGG19-BN shared at k on `schedule`: "" the original's (configs/vgg19.py), "fast" or "fast_narrow" this file's."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"configs/vgg19_k{k}.py:{schedule} is not a schedule; valid: {SCHEDULES}")
+  config = get_config(schedule.removeprefix("fast").lstrip("_")) if schedule else vgg19.get_config()
+  config.share.k = k
   return config
