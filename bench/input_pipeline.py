@@ -7,6 +7,9 @@ same steps of epoch 0 (with the config's augmentation), after one untimed
 (compiling) pass; rounds alternate between contenders so that load from other
 processes hits them alike. `device xN` runs N steps per dispatch (lax.scan);
 `step alone` repeats the step on one batch already on the device: no input at all.
+With --fit_epochs, each pipeline also runs whole epochs through `train.fit`
+(steps, the test-set evaluation and the checkpoint of each epoch), each into
+a fresh folder, after one compiling epoch each.
 Needs DC_JAX_DATA_DIR (or data.path) for the real datasets.
 """
 
@@ -14,6 +17,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,12 +67,38 @@ def contenders(name: str, steps: int, dispatch: tuple[int, ...]) -> dict:
   return config, found
 
 
+def fit_epochs(name: str, repeats: int) -> None:
+  """One whole epoch of `train.fit` per pipeline, interleaved, into fresh checkpoint folders."""
+  config = CONFIGS[name].get_config()
+  dataset = data.load(config.data)
+  model = models.create_model(config.model, dataset.num_classes)
+  train_config = config.train.copy_and_resolve_references()
+  train_config.epochs = 1
+  tx = train.create_optimizer(train_config, train.steps_in_epoch(dataset, train_config))
+  initial = train.create_train_state(jax.random.key(0), model, dataset.image_shape, tx)
+  augmentation = data.Augmentation.from_config(config.data)
+  times = {"host": [], "device": []}
+  with tempfile.TemporaryDirectory() as scratch:
+    for repeat in range(repeats + 1):  # The first round compiles.
+      for pipeline in times:
+        folder = Path(scratch) / f"{pipeline}{repeat}"
+        start = time.perf_counter()
+        train.fit(initial, dataset, train_config, 0, folder / "ckpt", folder / "metrics.jsonl", augmentation,
+                  input_pipeline=pipeline)
+        if repeat:
+          times[pipeline].append(time.perf_counter() - start)
+  host, device = (statistics.median(times[p]) for p in ("host", "device"))
+  print(f"{name}: whole epochs through train.fit (steps, evaluation, checkpoint), median of {repeats}: "
+        f"host {host:.2f} s, device {device:.2f} s, x{host / device:.2f}", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--configs", default="lenet300,vgg19_narrow")
   parser.add_argument("--steps", default="lenet300=400,vgg19_narrow=20")
   parser.add_argument("--dispatch", default="1,8,32")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--fit_epochs", default="", help="configs whose whole epochs to time too, e.g. lenet300")
   args = parser.parse_args()
   steps = dict(item.split("=") for item in args.steps.split(","))
   dispatch = tuple(int(n) for n in args.dispatch.split(","))
@@ -91,6 +121,8 @@ def main():
       median = statistics.median(ts)
       print(f"  {label:<12} {n / median:9.1f} steps/s  {n * config.train.batch_size / median:10.0f} images/s  "
             f"x{host / median:.2f} vs host", flush=True)
+  for name in filter(None, args.fit_epochs.split(",")):
+    fit_epochs(name, args.repeats)
 
 
 if __name__ == "__main__":

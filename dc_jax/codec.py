@@ -398,7 +398,9 @@ def narrow_raw_floats(variables: Any, dtype: str) -> Any:
     narrowed = np.asarray(leaf).astype(dtype)
     return narrowed if np.all(np.isfinite(narrowed) | ~np.isfinite(leaf)) else leaf
 
-  return jax.tree.map(narrow, variables, is_leaf=lambda leaf: isinstance(leaf, SharedKernel))
+  flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True)  # jax.tree.map would sort the keys.
+  return traverse_util.unflatten_dict({keys: leaf if leaf is traverse_util.empty_node else narrow(leaf)
+                                       for keys, leaf in flat.items()})
 
 
 def write(path: str | Path, variables: Any, index_bits: IndexBits = 5) -> Summary:

@@ -301,6 +301,7 @@ def test_float16_raw_leaves_make_a_smaller_file_that_reads_back_exactly(tmp_path
   variables = mixed_tree()
   variables["batch_stats"]["bn1"]["var"] = np.array([1e5, *np.ones(15)], np.float32)  # Overflows float16.
   narrowed = codec.narrow_raw_floats(variables, "float16")
+  assert list(narrowed["params"]) == list(variables["params"])  # Records keep the tree's order.
   full = codec.write(tmp_path / "f32.dcz", variables, "auto")
   half = codec.write(tmp_path / "f16.dcz", narrowed, "auto")
   assert_same_leaves(codec.read(tmp_path / "f16.dcz"), narrowed)
