@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from dc_jax import codec, device_data
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -77,8 +78,8 @@ FIELDS: dict[str, Rule] = {
     "data.augment": BOOLEAN,
     "data.crop_padding": integer(0),
     "data.flip": BOOLEAN,
-    "data.pipeline": one_of("auto", "device", "host"),
-    "codec.raw_dtype": one_of("float32", "float16"),
+    "data.pipeline": one_of(*device_data.PIPELINES),
+    "codec.raw_dtype": one_of(*codec.RAW_FLOAT_DTYPES),
     "model.width": POSITIVE,
     "model.classifier_widths": sequence_of(integer(1)),
     "model.dropout": number(0, 1, low_included=True, high_included=False),
