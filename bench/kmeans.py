@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.cluster import KMeans
 
-from dc_jax import share
+from dc_jax import kmeans
 
 
 def _time(fn):
@@ -32,7 +32,7 @@ def compare(name: str, values: np.ndarray, k: int) -> None:
   theirs, theirs_s = _time(lambda: KMeans(k, init=start, n_init=1, algorithm="lloyd").fit(values.reshape(-1, 1)))
   rows = [("sklearn", theirs_s, theirs.n_iter_, theirs.inertia_)]
   for cap in (1000, theirs.n_iter_):  # Converged, then as many iterations as scikit-learn ran.
-    ours, ours_s = _time(lambda: share.kmeans_1d(values, k, "linear", max_iterations=cap))
+    ours, ours_s = _time(lambda: kmeans.kmeans_1d(values, k, "linear", max_iterations=cap))
     rows.append(("dc_jax", ours_s, ours.iterations, ours.inertia))
   for who, seconds, iterations, inertia in rows:
     print(f"{name:<8}{values.size:>12,}{k:>5}  {who:<8}{seconds:>9.2f}s{iterations:>7}{inertia:>14.6g}"

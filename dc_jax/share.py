@@ -1,10 +1,9 @@
 """Weight sharing (trained quantization, Han et al. 2016 Sec. 3): per-layer k-means, codebooks, centroid fine-tuning.
 
 A shared layer is a `SharedKernel`: a float32 codebook, integer indices into it
-and the pruning mask. Clustering runs once per layer on the host in float64
-numpy (exact 1-D Lloyd on the sorted weights with prefix sums: O(n log n) once,
-then O(k log n) per iteration); everything that runs per step (the codebook
-lookup and its gradient) is jitted JAX.
+and the pruning mask. Clustering runs once per layer on the host (exact 1-D
+k-means, dc_jax/kmeans.py); everything that runs per step (the codebook lookup
+and its gradient) is jitted JAX.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ import numpy as np
 import optax
 from flax import struct
 
-from dc_jax import prune, train
+from dc_jax import kmeans, prune, train
+from dc_jax.kmeans import INITS
 from dc_jax.errors import ConfigError
 
 Params = Any
 _log = logging.getLogger(__name__)  # A caller silences it with logging.getLogger("dc_jax.share").setLevel(...).
-INITS = ("linear", "density", "random", "kmeans++")
 REDUCTIONS = ("sum", "mean")
 MAX_CLUSTERS = 2 ** 16  # Indices are uint8 or uint16.
 # One cluster count for every selected layer, or (pattern, count) pairs where the first fullmatch wins.
@@ -116,223 +115,6 @@ def index_dtype(k: int) -> np.dtype:
   return np.dtype(np.uint8 if k <= 256 else np.uint16)
 
 
-@dataclasses.dataclass(frozen=True)
-class KMeansResult:
-  centroids: np.ndarray  # float64, sorted, distinct; only clusters that have members.
-  labels: np.ndarray  # int32, one per input value, into `centroids`.
-  inertia: float  # Sum of squared distances to the assigned centroid, in float64.
-  iterations: int  # Lloyd iterations run.
-  converged: bool  # True if the assignment stopped changing before the iteration cap.
-
-
-def _initial_centroids(sorted_values: np.ndarray, prefix: np.ndarray, k: int, init: str,
-                       rng: np.random.Generator) -> np.ndarray:
-  """k sorted initial centroids within [min, max] (the paper's Fig. 4), from values with more than k distinct."""
-  if init == "linear":
-    return np.linspace(float(sorted_values[0]), float(sorted_values[-1]), k)
-  if init == "density":
-    # Evenly spaced on the y-axis of the CDF, then read off its x-axis.
-    return np.interp(np.linspace(0.0, sorted_values.size - 1, k), np.arange(sorted_values.size),
-                     sorted_values.astype(np.float64))
-  if init == "random":
-    return np.sort(rng.choice(_distinct(sorted_values), size=k, replace=False)).astype(np.float64)
-  if init == "kmeans++":
-    return _kmeans_plus_plus(sorted_values, prefix, k, rng)
-  raise ConfigError(f"share.init={init!r} is not an initialisation; valid: {', '.join(INITS)}")
-
-
-def _distinct(sorted_values: np.ndarray) -> np.ndarray:
-  keep = np.empty(sorted_values.size, bool)
-  keep[0] = True
-  np.not_equal(sorted_values[1:], sorted_values[:-1], out=keep[1:])
-  return sorted_values[keep]
-
-
-def _thresholds(centroids: np.ndarray) -> np.ndarray:
-  """The k - 1 midpoints rounded down to float32: a float32 x is <= a midpoint exactly when <= its threshold.
-
-  So the float32 weights are compared with float32 numbers, never copied to float64.
-  """
-  midpoints = (centroids[:-1] + centroids[1:]) / 2
-  rounded = midpoints.astype(np.float32)
-  return np.where(rounded > midpoints, np.nextafter(rounded, np.float32(-np.inf)), rounded)
-
-
-def _cluster_bounds(sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-  """k + 1 positions in the sorted values: cluster j is [bounds[j], bounds[j+1]).
-
-  A value exactly between two centroids goes to the lower one, as in an argmin.
-  """
-  inner = np.searchsorted(sorted_values, _thresholds(centroids), side="right")
-  return np.concatenate([[0], inner, [sorted_values.size]])
-
-
-def _kmeans_plus_plus(sorted_values: np.ndarray, prefix: np.ndarray, k: int,
-                      rng: np.random.Generator) -> np.ndarray:
-  """Arthur & Vassilvitskii's D^2 sampling, exact, in O(k (k + log n)) from prefix sums of x and x^2.
-
-  The D^2 mass of each region (the values nearest one chosen centre) is
-  read off the prefix sums; the sampled value is found by bisection on the
-  (monotone) cumulative mass inside its region.
-  """
-  squares = _prefix_sums(np.square(sorted_values, dtype=np.float64))
-  n = sorted_values.size
-  centres = np.array([sorted_values[rng.integers(n)]])
-  while centres.size < k:
-    bounds = _cluster_bounds(sorted_values, centres)
-    lo, hi = bounds[:-1], bounds[1:]
-
-    def mass(region, end):  # D^2 mass of sorted_values[lo[region]:end] around centre `region`.
-      c, start = centres[region], lo[region]
-      return ((squares[end] - squares[start]) - 2 * c * (prefix[end] - prefix[start]) + c * c * (end - start))
-
-    masses = np.maximum(mass(np.arange(centres.size), hi), 0.0)
-    cumulative = np.cumsum(masses)
-    if cumulative[-1] <= 0.0:
-      break
-    target = rng.random() * cumulative[-1]
-    region = min(int(np.searchsorted(cumulative, target, side="right")), centres.size - 1)
-    target -= cumulative[region] - masses[region]
-    start, end = int(lo[region]), int(hi[region])  # Invariant: mass(start) <= target < mass(end).
-    while end - start > 1:
-      middle = (start + end) // 2
-      if mass(region, middle) > target:
-        end = middle
-      else:
-        start = middle
-    centres = np.unique(np.append(centres, sorted_values[start]))
-  return centres
-
-
-def _split_largest(sorted_values: np.ndarray, prefix: np.ndarray, squares: np.ndarray, centroids: np.ndarray,
-                   bounds: np.ndarray, empty: np.ndarray) -> np.ndarray:
-  """Each empty cluster takes half of the cluster with the largest squared error, split at its mean.
-
-  Linear initialisation leaves many centroids in the gap that pruning opens
-  around zero; this puts them where they lower the error most (a 2-means
-  split of one contiguous run, read off the prefix sums).
-  """
-  def error(lo, hi):
-    n = np.maximum(hi - lo, 1)
-    return (squares[hi] - squares[lo]) - np.square(prefix[hi] - prefix[lo]) / n
-
-  full = ~empty
-  lo, hi, centres = bounds[:-1][full], bounds[1:][full], centroids[full]
-  errors = error(lo, hi)
-  for _ in range(int(empty.sum())):
-    j = int(np.argmax(errors))
-    if errors[j] <= 0.0:
-      break
-    cut = lo[j] + int(np.searchsorted(sorted_values[lo[j]:hi[j]], centres[j], side="right"))
-    cut = min(max(cut, lo[j] + 1), hi[j] - 1)
-    halves = np.array([[lo[j], cut], [cut, hi[j]]])
-    means = (prefix[halves[:, 1]] - prefix[halves[:, 0]]) / (halves[:, 1] - halves[:, 0])
-    lo = np.concatenate([lo[:j], halves[:, 0], lo[j + 1:]])
-    hi = np.concatenate([hi[:j], halves[:, 1], hi[j + 1:]])
-    centres = np.concatenate([centres[:j], means, centres[j + 1:]])
-    errors = np.concatenate([errors[:j], error(halves[:, 0], halves[:, 1]), errors[j + 1:]])
-  return np.concatenate([centres, centroids[empty][:centroids.size - centres.size]])
-
-
-def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: int = 1000,
-              seed: int = 0) -> KMeansResult:
-  """Lloyd's k-means on scalars, exactly, with sums in float64.
-
-  The values are sorted once; clusters are then contiguous runs, so an
-  iteration is a binary search for the k - 1 midpoints and differences of
-  prefix sums: no n x k distances, memory linear in n. Fewer than k distinct
-  values give one centroid per distinct value (inertia 0).
-  """
-  if k < 1:
-    raise ConfigError(f"k={k} clusters; valid: k >= 1")
-  values = np.asarray(values, np.float32).ravel()
-  if values.size == 0:
-    return KMeansResult(np.zeros(0), np.zeros(0, np.int32), 0.0, 0, True)
-  sorted_values = np.sort(values)
-  if not (np.isfinite(sorted_values[0]) and np.isfinite(sorted_values[-1])):  # NaN sorts last.
-    raise ValueError("k-means input has NaN or Inf values")
-  prefix = _prefix_sums(sorted_values)
-  if 1 + np.count_nonzero(sorted_values[1:] != sorted_values[:-1]) <= k:
-    return _assign(values, sorted_values, prefix, _distinct(sorted_values), 0, True)
-  centroids = _initial_centroids(sorted_values, prefix, k, init, np.random.default_rng(seed))
-  bounds, squares, converged, iterations = None, None, False, 0
-  while iterations < max_iterations:
-    new_bounds = _cluster_bounds(sorted_values, centroids)
-    if bounds is not None and np.array_equal(new_bounds, bounds):
-      converged = True
-      break
-    bounds, iterations = new_bounds, iterations + 1
-    counts = np.diff(bounds)
-    empty = counts == 0
-    means = (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.maximum(counts, 1)
-    centroids = np.where(empty, centroids, means)
-    if empty.any():
-      if squares is None:
-        squares = _prefix_sums(np.square(sorted_values, dtype=np.float64))
-      centroids = np.sort(_split_largest(sorted_values, prefix, squares, centroids, bounds, empty))
-  return _assign(values, sorted_values, prefix, centroids, iterations, converged)
-
-
-def _prefix_sums(values: np.ndarray) -> np.ndarray:
-  """[0, x0, x0 + x1, ...] accumulated in float64: float32 sums misplace points near cluster boundaries."""
-  prefix = np.zeros(values.size + 1)
-  np.cumsum(values, dtype=np.float64, out=prefix[1:])
-  return prefix
-
-
-def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: np.ndarray, centroids: np.ndarray,
-            iterations: int, converged: bool) -> KMeansResult:
-  """Labels for the final centroids, dropping centroids left without members, and the inertia.
-
-  The inertia is sum(x^2) - sum_j (2 c_j S_j - n_j c_j^2), with each cluster's
-  sum S_j read off the prefix sums.
-  """
-  bounds = _cluster_bounds(sorted_values, centroids)
-  counts = np.diff(bounds)
-  centroids, bounds, counts = centroids[counts > 0], np.concatenate([[0], bounds[1:][counts > 0]]), counts[counts > 0]
-  sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-  squares = float(np.sum(np.square(sorted_values, dtype=np.float64)))
-  inertia = max(squares - float(np.sum(centroids * (2 * sums - counts * centroids))), 0.0)
-  labels = _labels(values, bounds, centroids)
-  return KMeansResult(centroids, labels, inertia, iterations, converged)
-
-
-def _labels(values: np.ndarray, bounds: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-  """Each value's cluster, exactly as `bounds` cut the sorted values, in O(n) rather than O(n log k).
-
-  Values fall into a fine uniform grid (a monotone map, so each cell holds a
-  contiguous run of the sorted values); the cell's count gives its first
-  label, nearly every cell holds one label only, and comparisons with the
-  few thresholds inside a cell finish the job. Both passes are jitted.
-  """
-  k, n = centroids.size, values.size
-  if k == 1:
-    return np.zeros(n, np.int32)
-  cells = min(1 << 20, 64 * k)
-  low, high = float(values.min()), float(values.max())
-  scale = np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))
-  cell = _grid_cells(values, np.float32(low), scale, cells)
-  starts = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(cell), minlength=cells))])
-  label_at = bounds[1:-1]  # Sorted position p has label searchsorted(label_at, p, side="right").
-  first = np.searchsorted(label_at, np.minimum(starts[:-1], n - 1), side="right")
-  last = np.searchsorted(label_at, starts[1:] - 1, side="right")
-  spread = int(np.max(np.where(starts[1:] > starts[:-1], last - first, 0)))
-  thresholds = np.concatenate([_thresholds(centroids), np.full(k, np.inf, np.float32)])
-  return np.asarray(_labels_in_cells(values, cell, first.astype(np.int32), thresholds, spread))
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def _grid_cells(values: jax.Array, low: jax.Array, scale: jax.Array, cells: int) -> jax.Array:
-  return jnp.clip(((values - low) * scale).astype(jnp.int32), 0, cells - 1)
-
-
-@functools.partial(jax.jit, static_argnums=4)
-def _labels_in_cells(values: jax.Array, cell: jax.Array, first: jax.Array, thresholds: jax.Array,
-                     spread: int) -> jax.Array:
-  base = first[cell]
-  return base + sum((values > thresholds[base + t]).astype(jnp.int32) for t in range(spread))
-
-
 def _check_count(k: int, field: str) -> None:
   if not (isinstance(k, numbers.Integral) and 2 <= k <= MAX_CLUSTERS):
     raise ConfigError(f"{field}={k!r} is not a number of clusters; valid: an integer in 2..{MAX_CLUSTERS}")
@@ -415,7 +197,7 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"share.patterns selects {name}, of {dtype}; valid: floating weights only")
     weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
-    result = kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
+    result = kmeans.kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
     indices = np.zeros(weights.shape, index_dtype(k))
     indices[mask] = result.labels
     codebook = result.centroids.astype(np.float32) if result.centroids.size else np.zeros(1, np.float32)
