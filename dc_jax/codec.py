@@ -33,7 +33,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from dc_jax import atomic, flax_trees, huffman
+from dc_jax import atomic, flax_trees, huffman, rules
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.share import SharedKernel
 
@@ -98,12 +98,7 @@ def check_index_bits(index_bits: IndexBits) -> None:
 
 def layer_index_bits(index_bits: IndexBits, name: str) -> int | str:
   """The width `index_bits` gives the layer `name`."""
-  if isinstance(index_bits, (numbers.Integral, str)):
-    return index_bits
-  for pattern, value in index_bits:
-    if re.fullmatch(pattern, name):
-      return value
-  raise ConfigError(f"codec.index_bits has no pattern matching {name!r}; add one, e.g. ('.*', 5) last")
+  return rules.value_for(index_bits, name, "codec.index_bits")
 
 
 def neuron_major(array: np.ndarray) -> np.ndarray:

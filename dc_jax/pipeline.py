@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dc_jax import (atomic, codec, data, distributed, models, progress, provenance, prune, report, sensitivity,
-                    share, train, validate)
+                    rules, share, train, validate)
 from dc_jax.errors import ConfigError, DataError
 
 RESULTS_FILE = "results.json"
@@ -355,7 +355,7 @@ def evaluate_file(config: ml_collections.ConfigDict, path: str | Path) -> dict[s
 
 
 def _shapes(variables: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-  return {prune.path_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  return {name: tuple(leaf.shape) for name, leaf in rules.by_path(variables).items()}
 
 
 def format_sharing_table(layers: list[dict[str, Any]]) -> str:
@@ -447,8 +447,8 @@ def make_figures(workdir: Path, config: ml_collections.ConfigDict, results: dict
     layers, _ = prune.report(masks, config.prune.patterns)
     report.plot_kept_fractions(folder / "kept_fractions.png", layers)
     figures.append(("Weights kept per layer", "figures/kept_fractions.png"))
-    dense_leaves, pruned_leaves, mask_leaves = _by_path(dense.params), _by_path(pruned.params), _by_path(masks)
-    shared_leaves = _by_path(shared.shared_params(), share.is_shared) if shared is not None else {}
+    dense_leaves, pruned_leaves, mask_leaves = rules.by_path(dense.params), rules.by_path(pruned.params), rules.by_path(masks)
+    shared_leaves = rules.by_path(shared.shared_params(), share.is_shared) if shared is not None else {}
     for i, row in enumerate(layers):
       name = row["layer"]
       kernel = shared_leaves.get(name)
@@ -466,11 +466,6 @@ def make_figures(workdir: Path, config: ml_collections.ConfigDict, results: dict
                             results["sensitivity"]["dense_accuracy"])
     figures.append(("Sensitivity: one layer pruned alone, no retraining", "figures/sensitivity.png"))
   return figures
-
-
-def _by_path(tree: Any, is_leaf: Any = None) -> dict[str, Any]:
-  """{path name: leaf}, e.g. {"ip1/kernel": ...}."""
-  return {prune.path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
 
 
 # What each stage leaves in the workdir besides its entry in results.json.

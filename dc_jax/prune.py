@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dc_jax import rules
 from dc_jax.errors import ConfigError
 
 Params = Any  # A nested dict of arrays, as flax.linen makes them.
@@ -36,29 +37,17 @@ CRITERIA = ("threshold", "layer", "global")
 SCHEDULES = ("geometric", "polynomial", "han")
 
 
-def path_name(path: jax.tree_util.KeyPath) -> str:
-  """A parameter's path as the patterns see it: its keys joined by "/" ("layers/0/kernel").
-
-  The `.value` attribute that a box adds (an nnx.Variable in an nnx.State, a
-  linen LogicallyPartitioned) is left out, so that "conv/kernel" names the
-  same weights in every kind of Flax tree.
-  """
-  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-    path = path[:-1]
-  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
 def select(params: Params, patterns: Sequence[str] = DEFAULT_PATTERNS, field: str = "prune.patterns") -> Any:
   """A tree of Python bools, True for the leaves whose path fullmatches one of `patterns`.
 
   A pattern that matches nothing is an error: a typo would silently leave a layer dense.
   """
-  names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  names = [rules.path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for pattern in patterns:
     if not any(re.fullmatch(pattern, name) for name in names):
       raise ConfigError(f"{field}: pattern {pattern!r} matches no parameter; paths are: {', '.join(names)}")
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(re.fullmatch(pattern, path_name(path)) for pattern in patterns), params)
+      lambda path, _: any(re.fullmatch(pattern, rules.path_name(path)) for pattern in patterns), params)
 
 
 def all_kept(params: Params) -> Masks:
@@ -71,18 +60,14 @@ def apply_masks(params: Params, masks: Masks) -> Params:
   return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), params, masks)
 
 
-def _values(rule: PerLayer) -> list[float]:
-  return [float(rule)] if isinstance(rule, numbers.Real) else [float(value) for _, value in rule]
-
-
 def _check_fractions(rule: PerLayer, field: str) -> None:
-  for value in _values(rule):
+  for value in map(float, rules.values(rule)):
     if not 0.0 < value <= 1.0:
       raise ConfigError(f"{field}={value!r} is not a kept fraction; valid: 0 < {field} <= 1")
 
 
 def _check_qualities(rule: PerLayer, field: str) -> None:
-  for value in _values(rule):
+  for value in map(float, rules.values(rule)):
     if not value > 0.0:
       raise ConfigError(f"{field}={value!r} is not a quality parameter; valid: {field} > 0")
 
@@ -92,22 +77,12 @@ def _check_rounds(rounds: int) -> None:
     raise ConfigError(f"prune.rounds={rounds!r} is not a number of rounds; valid: an integer >= 1")
 
 
-def _layer_value(rule: PerLayer, name: str, field: str) -> float:
-  """The value `rule` gives the layer `name`."""
-  if isinstance(rule, numbers.Real):
-    return float(rule)
-  for pattern, value in rule:
-    if re.fullmatch(pattern, name):
-      return float(value)
-  raise ConfigError(f"{field} has no pattern matching {name!r}; add one, e.g. ('.*', value) last")
-
-
 def _prune_selected(criterion: Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray], params: Params,
                     masks: Masks | None, patterns: Sequence[str]) -> Masks:
   """Masks with `criterion(name, w, mask)` ANDed into each selected leaf; other leaves unchanged."""
   masks = all_kept(params) if masks is None else masks
   return jax.tree_util.tree_map_with_path(
-      lambda path, w, m, chosen: m & criterion(path_name(path), w, m) if chosen else m,
+      lambda path, w, m, chosen: m & criterion(rules.path_name(path), w, m) if chosen else m,
       params, masks, select(params, patterns))
 
 
@@ -128,7 +103,7 @@ def han_threshold(params: Params, quality: PerLayer, masks: Masks | None = None,
   _check_qualities(quality, "quality")
 
   def criterion(name, w, m):
-    return _above_std(w, m, _layer_value(quality, name, "quality"))
+    return _above_std(w, m, float(rules.value_for(quality, name, "quality")))
 
   return _prune_selected(criterion, params, masks, patterns)
 
@@ -161,7 +136,7 @@ def layer_fraction(params: Params, fraction: PerLayer, masks: Masks | None = Non
   _check_fractions(fraction, "fraction")
 
   def criterion(name, w, m):
-    k = kept_count(_layer_value(fraction, name, "fraction"), w.size)
+    k = kept_count(float(rules.value_for(fraction, name, "fraction")), w.size)
     return _top_k(w, m, k).reshape(w.shape)
 
   return _prune_selected(criterion, params, masks, patterns)
@@ -303,7 +278,7 @@ def report(masks: Masks,
   for (path, m), chosen in zip(jax.tree_util.tree_flatten_with_path(masks)[0], selected):
     if chosen:
       total, kept = int(np.size(m)), int(np.sum(m))
-      layers.append({"layer": path_name(path), "total": total, "kept": kept, "kept_fraction": kept / total})
+      layers.append({"layer": rules.path_name(path), "total": total, "kept": kept, "kept_fraction": kept / total})
   total, kept = sum(r["total"] for r in layers), sum(r["kept"] for r in layers)
   totals = {"total": total, "kept": kept, "kept_fraction": kept / total,
             "compression": total / kept if kept else math.inf}

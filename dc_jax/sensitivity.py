@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import jax
 
-from dc_jax import data, prune, train
+from dc_jax import data, prune, rules, train
 
 DEFAULT_FRACTIONS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
 
@@ -22,7 +22,7 @@ def curves(state: train.TrainState, dataset: data.Dataset, patterns: Sequence[st
            max_batches: int = -1) -> dict[str, list[list[float]]]:
   """{layer: [[kept fraction, test accuracy], ...]} with that layer alone pruned to each fraction."""
   selected = prune.select(state.params, patterns)
-  layers = [prune.path_name(path) for path, chosen in jax.tree_util.tree_flatten_with_path(selected)[0] if chosen]
+  layers = [rules.path_name(path) for path, chosen in jax.tree_util.tree_flatten_with_path(selected)[0] if chosen]
   result = {}
   for layer in layers:
     points = []

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import logging
 import numbers
-import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from dc_jax import kmeans, prune, train
+from dc_jax import kmeans, prune, rules, train
 from dc_jax.kmeans import INITS
 from dc_jax.errors import ConfigError
 
@@ -167,12 +166,7 @@ class Plan:
       raise ConfigError(f"share.max_iterations={self.max_iterations!r}; valid: >= 1")
 
   def clusters(self, name: str) -> int:
-    if isinstance(self.k, numbers.Integral):
-      return int(self.k)
-    for pattern, k in self.k:
-      if re.fullmatch(pattern, name):
-        return int(k)
-    raise ConfigError(f"no share cluster count matches {name!r}; end the list with ('.*', k)")
+    return int(rules.value_for(self.k, name, "share cluster counts"))
 
 
 def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, list[dict[str, Any]]]:
@@ -191,7 +185,7 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
   def share_leaf(path, weights, mask, chosen):
     if not chosen:
       return weights
-    name = prune.path_name(path)
+    name = rules.path_name(path)
     k = plan.clusters(name)
     dtype = jnp.asarray(weights).dtype
     if not jnp.issubdtype(dtype, jnp.floating):

@@ -12,7 +12,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from dc_jax import data, models, prune, train
+from dc_jax import data, models, prune, rules, train
 from dc_jax.errors import ConfigError
 from tests.conftest import synthetic_dataset
 
@@ -195,7 +195,7 @@ def test_default_patterns_select_only_kernels():
 def test_a_pattern_prunes_only_the_parameters_it_names(lenet):
   masks = prune.layer_fraction(lenet, 0.1, patterns=["ip1/kernel"])
   untouched = {path: bool(m.all()) for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
-  assert [prune.path_name(path) for path, whole in untouched.items() if not whole] == ["ip1/kernel"]
+  assert [rules.path_name(path) for path, whole in untouched.items() if not whole] == ["ip1/kernel"]
 
 
 def test_patterns_must_match_a_whole_path():
