@@ -642,25 +642,3 @@ def read(path: str | Path) -> dict[str, Any]:
   if crc != zlib.crc32(data[:end]):
     raise DataError(f"{path}: file CRC32 mismatch: records are whole but not in the order or number written")
   return traverse_util.unflatten_dict(flat)
-
-
-def format_table(summary: Summary) -> str:
-  """The paper's Tables 2-5 for the shared layers, then the file's size against dense float32.
-
-  Beside each Huffman column, the stream's entropy: the bound the code approaches.
-  """
-  head = (f"{'layer':<24}{'#weights':>11}{'kept%':>8}{'w bits':>8}{'w bits':>8}{'w':>8}{'i bits':>8}"
-          f"{'i bits':>8}{'i':>8}{'rate':>9}{'rate':>9}\n{'':<43}{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}"
-          f"{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}{'(P+Q)':>9}{'(P+Q+H)':>9}")
-  lines = [head]
-  for r in summary.layers:
-    lines.append(f"{r['layer']:<24}{r['weights']:>11,}{r['kept_fraction']:>8.1%}{r['weight_bits_pq']:>8}"
-                 f"{r['weight_bits_pqh']:>8.2f}{r['weight_entropy']:>8.2f}{r['index_bits_pq']:>8}"
-                 f"{r['index_bits_pqh']:>8.2f}{r['index_entropy']:>8.2f}"
-                 f"{r['compress_rate_pq']:>8.1f}x{r['compress_rate_pqh']:>8.1f}x")
-  t = summary.totals
-  lines.append(f"{'total':<24}{t['weights']:>11,}{t['kept_fraction']:>8.1%}{'':>48}"
-               f"{t['compress_rate_pq']:>8.1f}x{t['compress_rate_pqh']:>8.1f}x")
-  lines.append(f"file {t['file_bytes']:,} bytes; dense float32 {t['dense_bytes']:,} bytes: "
-               f"{t['compression']:.1f}x smaller")
-  return "\n".join(lines)

@@ -324,7 +324,7 @@ def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset
   decoded = codec.read(path)
   _check_decoded(variables, decoded, path)
   test = evaluate_variables(model, decoded, dataset, config.train)
-  logging.info("%s\n%s", path.name, codec.format_table(summary))
+  logging.info("%s\n%s", path.name, report.coding_text(summary.layers, summary.totals))
   return {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
@@ -356,24 +356,6 @@ def evaluate_file(config: ml_collections.ConfigDict, path: str | Path) -> dict[s
 
 def _shapes(variables: dict[str, Any]) -> dict[str, tuple[int, ...]]:
   return {name: tuple(leaf.shape) for name, leaf in rules.by_path(variables).items()}
-
-
-def format_sharing_table(layers: list[dict[str, Any]]) -> str:
-  lines = [f"{'layer':<20}{'kept':>12}{'k':>6}{'used':>6}{'iterations':>12}{'inertia':>14}"]
-  for row in layers:
-    lines.append(f"{row['layer']:<20}{row['kept']:>12,}{row['k']:>6}{row['clusters']:>6}"
-                 f"{row['iterations']:>12}{row['inertia']:>14.6g}")
-  return "\n".join(lines)
-
-
-def format_pruning_table(layers: list[dict[str, Any]], totals: dict[str, Any]) -> str:
-  """The paper's "Weights% (P)" column, per layer and in total."""
-  lines = [f"{'layer':<20}{'weights':>12}{'kept':>12}{'kept %':>9}"]
-  for row in layers:
-    lines.append(f"{row['layer']:<20}{row['total']:>12,}{row['kept']:>12,}{row['kept_fraction']:>9.2%}")
-  lines.append(f"{'total':<20}{totals['total']:>12,}{totals['kept']:>12,}{totals['kept_fraction']:>9.2%}"
-               f"  ({totals['compression']:.1f}x)")
-  return "\n".join(lines)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -623,7 +605,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
     pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
     layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
-    logging.info("pruned\n%s", format_pruning_table(layers, totals))
+    logging.info("pruned\n%s", report.pruning_text(layers, totals))
     results = record(workdir, ("stages", "pruned"), keep_seconds(before["stages"].get("pruned"), {
         "test_accuracy": rounds[-1]["test_accuracy"],
         "test_examples": test["examples"],
@@ -638,7 +620,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   if "shared" in config.stages:
     provenance.record(workdir, config, "shared")
     shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
-    logging.info("shared\n%s", format_sharing_table(entry["layers"]))
+    logging.info("shared\n%s", report.sharing_text(entry["layers"]))
     logging.info("shared: test accuracy %.4f after fine-tuning", entry["test_accuracy"])
     results = record(workdir, ("stages", "shared"), keep_seconds(before["stages"].get("shared"), entry))
   if "encoded" in config.stages:

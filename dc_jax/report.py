@@ -103,6 +103,56 @@ def paper_table_1(results: dict[str, Any], model_name: str) -> str:
   ])
 
 
+# Plain-text tables for the log, as the run goes.
+
+
+def sharing_text(layers: list[dict[str, Any]]) -> str:
+  lines = [f"{'layer':<20}{'kept':>12}{'k':>6}{'used':>6}{'iterations':>12}{'inertia':>14}"]
+  for row in layers:
+    lines.append(f"{row['layer']:<20}{row['kept']:>12,}{row['k']:>6}{row['clusters']:>6}"
+                 f"{row['iterations']:>12}{row['inertia']:>14.6g}")
+  return "\n".join(lines)
+
+
+def pruning_text(layers: list[dict[str, Any]], totals: dict[str, Any]) -> str:
+  """The paper's "Weights% (P)" column, per layer and in total."""
+  lines = [f"{'layer':<20}{'weights':>12}{'kept':>12}{'kept %':>9}"]
+  for row in layers:
+    lines.append(f"{row['layer']:<20}{row['total']:>12,}{row['kept']:>12,}{row['kept_fraction']:>9.2%}")
+  lines.append(f"{'total':<20}{totals['total']:>12,}{totals['kept']:>12,}{totals['kept_fraction']:>9.2%}"
+               f"  ({totals['compression']:.1f}x)")
+  return "\n".join(lines)
+
+
+def coding_text(layers: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str:
+  """The paper's Tables 2-5 for the shared layers, then the file's size against dense float32.
+
+  Beside each Huffman column, the stream's entropy: the bound the code approaches.
+  """
+  head = (f"{'layer':<24}{'#weights':>11}{'kept%':>8}{'w bits':>8}{'w bits':>8}{'w':>8}{'i bits':>8}"
+          f"{'i bits':>8}{'i':>8}{'rate':>9}{'rate':>9}\n{'':<43}{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}"
+          f"{'(P+Q)':>8}{'(P+Q+H)':>8}{'entropy':>8}{'(P+Q)':>9}{'(P+Q+H)':>9}")
+  lines = [head]
+  for r in layers:
+    lines.append(f"{r['layer']:<24}{r['weights']:>11,}{r['kept_fraction']:>8.1%}{r['weight_bits_pq']:>8}"
+                 f"{r['weight_bits_pqh']:>8.2f}{r['weight_entropy']:>8.2f}{r['index_bits_pq']:>8}"
+                 f"{r['index_bits_pqh']:>8.2f}{r['index_entropy']:>8.2f}"
+                 f"{r['compress_rate_pq']:>8.1f}x{r['compress_rate_pqh']:>8.1f}x")
+  t = totals
+  lines.append(f"{'total':<24}{t['weights']:>11,}{t['kept_fraction']:>8.1%}{'':>48}"
+               f"{t['compress_rate_pq']:>8.1f}x{t['compress_rate_pqh']:>8.1f}x")
+  lines.append(f"file {t['file_bytes']:,} bytes; dense float32 {t['dense_bytes']:,} bytes: "
+               f"{t['compression']:.1f}x smaller")
+  return "\n".join(lines)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+  """Every figure the same way: laid out, 90 dpi PNG, closed (a long run makes many)."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
 def _histogram(ax: plt.Axes, values: np.ndarray, title: str, bins: np.ndarray) -> None:
   ax.hist(values, bins=bins, color="tab:blue")
   ax.set_title(title, fontsize=9)
@@ -122,9 +172,7 @@ def plot_layer(path: Path, name: str, dense: np.ndarray, pruned: np.ndarray, mas
     _histogram(axes[2], shared[mask], f"shared: {codebook.size} centroids", bins)
     for value in codebook:
       axes[2].axvline(float(value), color="tab:red", linewidth=0.6, alpha=0.7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_kept_fractions(path: Path, layers: Sequence[dict[str, Any]]) -> None:
@@ -132,9 +180,7 @@ def plot_kept_fractions(path: Path, layers: Sequence[dict[str, Any]]) -> None:
   ax.bar([r["layer"].removesuffix("/kernel") for r in layers], [100 * r["kept_fraction"] for r in layers])
   ax.set_ylabel("weights kept (%)")
   ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_sweep(path: Path, sweep: dict[str, dict[str, Any]], baseline_accuracy: float) -> None:
@@ -152,9 +198,7 @@ def plot_sweep(path: Path, sweep: dict[str, dict[str, Any]], baseline_accuracy: 
   ax.set_xlabel("compressed file (KB)")
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_sensitivity(path: Path, curves: dict[str, list[list[float]]], baseline_accuracy: float) -> None:
@@ -168,9 +212,7 @@ def plot_sensitivity(path: Path, curves: dict[str, list[list[float]]], baseline_
   ax.set_xlabel("weights pruned (%)")
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=6, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def write_report(workdir: Path, results: dict[str, Any], model_name: str, command: str,

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dc_jax import report
+from dc_jax import codec, report
+from tests.test_codec import mixed_tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -85,3 +86,16 @@ def test_report_links_every_figure_and_holds_the_tables(tmp_path):
 def test_report_of_a_lenet_has_the_papers_table_1(tmp_path, model_name):
   text = report.write_report(tmp_path, _results(), model_name, "cmd", []).read_text()
   assert "## The paper's Table 1" in text and "## Shared at each k" in text
+
+
+def test_log_tables_show_every_layer_and_the_totals(tmp_path):
+  summary = codec.write(tmp_path / "m.dcz", mixed_tree())
+  coding = report.coding_text(summary.layers, summary.totals)
+  assert all(row["layer"] in coding for row in summary.layers) and "(P+Q+H)" in coding
+  assert f"file {summary.totals['file_bytes']:,} bytes" in coding
+  pruning = report.pruning_text([{"layer": "ip1/kernel", "total": 1000, "kept": 70, "kept_fraction": 0.07}],
+                                {"total": 1000, "kept": 70, "kept_fraction": 0.07, "compression": 1000 / 70})
+  assert "ip1/kernel" in pruning and "7.00%" in pruning and "(14.3x)" in pruning
+  sharing = report.sharing_text([{"layer": "ip1/kernel", "kept": 70, "k": 16, "clusters": 16, "iterations": 9,
+                                  "inertia": 0.5}])
+  assert "ip1/kernel" in sharing and "16" in sharing
