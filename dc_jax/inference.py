@@ -1,0 +1,206 @@
+"""Inference from the compressed form (Deep Compression Sec. 6): a jitted `predict(images) -> logits` in three forms.
+
+- `dense`: every SharedKernel materialised to a dense array (what decoding gave before).
+- `codebook`: each SharedKernel stays on the device as its small integer codes and codebook, and is
+  expanded inside the jitted forward pass. The mask is folded into the codes (code 0 is a 0.0
+  codeword, code i + 1 is centroid i), so a kept weight costs one byte, or half a byte when the
+  k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart.
+- `sparse`: pruned fully connected kernels (2-D SharedKernels) run as CSR matrix products with
+  scipy.sparse through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU the sparse kernels of
+  `jax.experimental.sparse` were 3-13x slower than the dense product at batch 1 (bench/sparse_fc.py),
+  while scipy's CSR product is faster than dense below ~20-30% density.
+
+All three compute the same logits to float tolerance (tests/test_inference.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse
+from flax import struct
+
+from dc_jax.share import SharedKernel, is_shared
+
+FORMS = ("dense", "codebook", "sparse")
+Variables = Any
+
+
+@struct.dataclass
+class CodebookKernel:
+  """A SharedKernel as the device holds it in the `codebook` form; `expand` gives the dense kernel."""
+
+  codebook: jax.Array  # [k + 1], 0.0 first, where the mask is folded into the codes; else the [k] codebook.
+  codes: jax.Array  # Flat uint8 (uint16 if k > 256) codes, or two 4-bit codes per byte, high nibble first.
+  mask_bits: jax.Array | None  # np.packbits of the flat mask, only where it is not folded into the codes.
+  shape: tuple[int, ...] = struct.field(pytree_node=False)
+  nibbles: bool = struct.field(pytree_node=False, default=False)
+
+  @property
+  def nbytes(self) -> int:
+    return sum(int(a.nbytes) for a in (self.codebook, self.codes, self.mask_bits) if a is not None)
+
+
+def _dense(kernel: SharedKernel) -> np.ndarray:
+  codebook = np.asarray(kernel.codebook)
+  return np.where(np.asarray(kernel.mask), codebook[np.asarray(kernel.indices)], np.zeros((), codebook.dtype))
+
+
+def compact(kernel: SharedKernel, nibbles: bool | None = None) -> CodebookKernel:
+  """The `codebook` form of a kernel, on the host; `nibbles=None` packs 4-bit codes whenever they fit."""
+  codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
+  k = codebook.size
+  fold = k + 1 <= 256
+  if fold:
+    codebook = np.concatenate([np.zeros(1, codebook.dtype), codebook])
+    codes, mask_bits = np.where(mask, indices.astype(np.uint16) + 1, 0).astype(np.uint8).ravel(), None
+  else:
+    codes, mask_bits = indices.ravel(), np.packbits(mask.ravel())
+  fits = fold and codebook.size <= 16
+  nibbles = fits if nibbles is None else nibbles
+  if nibbles and not fits:
+    raise ValueError(f"{k} clusters need {codebook.size} codes: more than 4 bits hold; use nibbles=False")
+  if nibbles:
+    codes = np.concatenate([codes, np.zeros(codes.size % 2, np.uint8)])
+    codes = (codes[0::2] << 4) | codes[1::2]
+  return CodebookKernel(codebook, codes, mask_bits, tuple(indices.shape), bool(nibbles))
+
+
+def expand(kernel: CodebookKernel) -> jax.Array:
+  """The dense kernel, computed where it is needed (inside the jitted forward pass)."""
+  size = int(np.prod(kernel.shape))
+  codes = kernel.codes
+  if kernel.nibbles:
+    codes = jnp.stack([codes >> 4, codes & 15], axis=-1).reshape(-1)[:size]
+  values = kernel.codebook[codes]
+  if kernel.mask_bits is not None:
+    mask = jnp.unpackbits(kernel.mask_bits, count=size).astype(bool)
+    values = jnp.where(mask, values, jnp.zeros((), values.dtype))
+  return values.reshape(kernel.shape)
+
+
+def _is_kernel(leaf: Any) -> bool:
+  return isinstance(leaf, (SharedKernel, CodebookKernel))
+
+
+def _expand_all(variables: Variables) -> Variables:
+  return jax.tree.map(lambda leaf: expand(leaf) if isinstance(leaf, CodebookKernel) else leaf, variables,
+                      is_leaf=_is_kernel)
+
+
+def csr(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csr_array:
+  """A Dense kernel [in, out] as the CSR matrix of its transpose [out, in]: one row per output."""
+  dense = _dense(kernel) if is_shared(kernel) else np.asarray(kernel)
+  return scipy.sparse.csr_array(np.ascontiguousarray(dense.T))
+
+
+def sparse_matmul(x: jax.Array, matrix: scipy.sparse.csr_array) -> jax.Array:
+  """`x @ kernel` for x [batch, in] by scipy's CSR product, callable inside jit (on the host, float32)."""
+  rows = matrix.shape[0]
+
+  def host(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.shape[0] == 1:  # A matrix-vector product: scipy's csr_matvec, the paper's batch-1 case.
+      return (matrix @ x[0])[None].astype(np.float32, copy=False)
+    return np.ascontiguousarray((matrix @ x.T).T, np.float32)
+
+  shape = jax.ShapeDtypeStruct((x.shape[0], rows), jnp.float32)
+  return jax.pure_callback(host, shape, x.astype(jnp.float32), vmap_method="sequential")
+
+
+def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.csr_array]) -> Callable[..., Any]:
+  """Runs the nn.Dense layers named in `matrices` as sparse products; every other call as it is."""
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if not (isinstance(module, nn.Dense) and context.method_name == "__call__" and module.path in matrices):
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    y = sparse_matmul(x.reshape(-1, x.shape[-1]), matrices[module.path]).reshape(*x.shape[:-1], -1)
+    bias = module.get_variable("params", "bias")
+    y = y if bias is None else y + bias
+    return y.astype(module.dtype or x.dtype)
+
+  return intercept
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A jitted forward pass and the variables it holds on the device (and, for `sparse`, on the host)."""
+
+  form: str
+  apply: Callable[[Variables, jax.Array], jax.Array]
+  variables: Variables  # On the device: arrays, and CodebookKernels in the `codebook` form.
+  matrices: dict[tuple[str, ...], scipy.sparse.csr_array]  # `sparse` only: CSR kernels, in host memory.
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return self.apply(self.variables, images)
+
+  @property
+  def device_bytes(self) -> int:
+    """Bytes of the model's variables held on the device."""
+    return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(self.variables))
+
+  @property
+  def host_bytes(self) -> int:
+    """Bytes of the CSR kernels held on the host (values, column indices, row pointers)."""
+    return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in self.matrices.values())
+
+
+def _without(variables: Variables, paths: set[tuple[str, ...]]) -> Variables:
+  flat = {path: leaf for path, leaf in _flatten(variables).items() if path not in paths}
+  tree: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  if isinstance(tree, dict):
+    return {path: leaf for key, value in tree.items() for path, leaf in _flatten(value, (*prefix, key)).items()}
+  return {prefix: tree}
+
+
+def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbles: bool | None = None,
+              **apply_kwargs: Any) -> Predictor:
+  """A ready `predict(images) -> logits` of a flax.linen model from a variables tree as `codec.read` returns it.
+
+  Args:
+    model: the module the variables belong to.
+    variables: {"params": ..., "batch_stats": ...}, SharedKernel leaves where weights are shared.
+    form: "dense", "codebook" or "sparse" (see the module docstring).
+    nibbles: `codebook` form only; 4-bit codes where k + 1 <= 16 (None), always (True) or never (False).
+    apply_kwargs: passed to `model.apply` (e.g. train=False).
+  """
+  if form not in FORMS:
+    raise ValueError(f"form={form!r} is not an inference form; valid: {', '.join(FORMS)}")
+  matrices: dict[tuple[str, ...], scipy.sparse.csr_array] = {}
+  if form == "sparse":
+    flat = _flatten(variables)
+    sparse_paths = {path for path, leaf in flat.items()
+                    if is_shared(leaf) and path[0] == "params" and path[-1] == "kernel" and leaf.mask.ndim == 2}
+    matrices = {path[1:-1]: csr(flat[path]) for path in sparse_paths}
+    variables = _without(variables, sparse_paths)
+  if form == "codebook":
+    host = jax.tree.map(lambda leaf: compact(leaf, nibbles) if is_shared(leaf) else leaf, variables,
+                        is_leaf=is_shared)
+  else:
+    host = jax.tree.map(lambda leaf: _dense(leaf) if is_shared(leaf) else leaf, variables, is_leaf=is_shared)
+  on_device = jax.device_put(host)
+
+  def apply(variables: Variables, images: jax.Array) -> jax.Array:
+    if form == "sparse":
+      with nn.intercept_methods(_sparse_interceptor(matrices)):
+        return model.apply(variables, images, **apply_kwargs)
+    return model.apply(_expand_all(variables), images, **apply_kwargs)
+
+  return Predictor(form, jax.jit(apply), on_device, matrices)
