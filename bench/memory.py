@@ -14,6 +14,7 @@ minus VmRSS at that moment. MB = 10**6 bytes; "x params" is the increment
 over the float32 bytes of all parameters.
 """
 
+import dataclasses
 import gc
 import json
 import re
@@ -32,7 +33,7 @@ from ml_collections import config_flags
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
-from dc_jax import codec, models, pipeline, prune, share, train  # noqa: E402
+from dc_jax import codec, experiment, models, prune, share, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "vgg19.py"), "Config of the model.")
 _KS = flags.DEFINE_list("k", ["13", "256"], "Clusters per layer to time clustering at; the config's k is written.")
@@ -66,15 +67,15 @@ def pruned_variables() -> tuple[Any, Any, Any]:
   model = models.create_model(config.model, 10)
   shape = (1, *models.INPUT_SHAPES[config.model.name])
   variables = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros(shape, jnp.float32))
-  plan = pipeline.pruning_plan(config.prune)
+  plan = experiment.pruning_plan(config.prune)
   masks = plan.prune(variables["params"], None, plan.rounds - 1)
   params = jax.block_until_ready(prune.apply_masks(variables["params"], masks))
   return params, masks, variables["batch_stats"]
 
 
 def quantize(params: Any, masks: Any, k: int) -> Any:
-  config = pipeline.sweep_config(_CONFIG.value, k)
-  return share.quantize(params, masks, pipeline.sharing_plan(config.share, config.seed))[0]
+  plan = experiment.sharing_plan(_CONFIG.value.share, _CONFIG.value.seed)
+  return share.quantize(params, masks, dataclasses.replace(plan, k=k, bits=0, layer_bits=()))[0]
 
 
 def run_phase(phase: str, path: str) -> dict[str, float]:
@@ -88,7 +89,7 @@ def run_phase(phase: str, path: str) -> dict[str, float]:
     return {**floor, **measure(lambda: quantize(params, masks, k))}
   if phase == "write":
     variables = {"params": quantize(params, masks, _CONFIG.value.share.k), "batch_stats": batch_stats}
-    index_bits = pipeline.index_bits(_CONFIG.value.codec)
+    index_bits = experiment.index_bits(_CONFIG.value.codec)
     return {**floor, **measure(lambda: codec.write(path, variables, index_bits))}
   raise app.UsageError(f"--phase={phase!r}; valid: 'cluster k=K', write, read")
 

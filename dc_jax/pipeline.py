@@ -11,7 +11,6 @@ entry under `stages` in `results.json`.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,13 +27,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dc_jax import (atomic, codec, data, distributed, models, progress, provenance, prune, report, sensitivity,
-                    rules, share, train, validate)
+                    rules, share, train)
 from dc_jax.errors import ConfigError, DataError
+from dc_jax.experiment import STAGES, Experiment, TrainSpec
 
 RESULTS_FILE = "results.json"
-STAGES = ("baseline", "pruned", "shared", "encoded")
 MODEL_FILE = "model.dcz"
-MAX_SHARE_BITS = share.MAX_CLUSTERS.bit_length() - 1
 
 
 def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
@@ -66,63 +64,6 @@ def check_compatible(model_config: ml_collections.ConfigDict, dataset: data.Data
                     f"data.name={dataset.name!r} has {dataset.image_shape}")
 
 
-def check_stages(stages: tuple[str, ...]) -> None:
-  if not stages or tuple(stages) != STAGES[:len(stages)]:
-    raise ConfigError(f"stages={tuple(stages)!r} is not a run of stages; valid: a prefix of {STAGES}, in order")
-
-
-def _per_layer(default: float, overrides: tuple) -> prune.PerLayer:
-  """A config's default value plus its ((regex, value), ...) overrides, as prune.Plan takes them."""
-  return [*(tuple(pair) for pair in overrides), (".*", default)] if overrides else default
-
-
-def pruning_plan(config: ml_collections.ConfigDict, layer_kept_fractions: dict[str, float] | None = None) -> prune.Plan:
-  """The `prune.*` fields as a checked prune.Plan; `layer_kept_fractions` (exact paths) come first if given."""
-  derived = tuple((re.escape(layer), f) for layer, f in (layer_kept_fractions or {}).items())
-  return prune.Plan(
-      criterion=config.criterion, schedule=config.schedule, rounds=config.rounds,
-      kept_fraction=_per_layer(config.kept_fraction, derived + tuple(config.layer_kept_fractions)),
-      quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns))
-
-
-def retrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """train.* with the retraining epochs and learning rate of prune.*."""
-  retrain = config.train.copy_and_resolve_references()
-  retrain.epochs = config.prune.epochs
-  retrain.learning_rate = config.prune.learning_rate
-  retrain.lr_schedule = config.prune.lr_schedule
-  retrain.warmup_epochs = 0.0  # Retraining starts from trained weights.
-  return retrain
-
-
-def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan:
-  """The `share.*` fields as a checked share.Plan: per-layer bits first, then bits, then k."""
-  def clusters(bits: int, field: str) -> int:
-    if not (isinstance(bits, int) and 1 <= bits <= MAX_SHARE_BITS):
-      raise ConfigError(f"{field}={bits!r} is not a number of bits; valid: 1..{MAX_SHARE_BITS}")
-    return 2 ** bits
-
-  default = clusters(config.bits, "share.bits") if config.bits else config.k
-  rules = [(pattern, clusters(bits, f"share.layer_bits[{pattern!r}]")) for pattern, bits in config.layer_bits]
-  return share.Plan(k=[*rules, (".*", default)] if rules else default, init=config.init,
-                    max_iterations=config.max_iterations, patterns=tuple(config.patterns), seed=seed)
-
-
-def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """train.* with the fine-tuning epochs and learning rate of share.*, and no weight decay.
-
-  L2 on a codebook would pull each centroid by its own value once, not once
-  per weight that shares it: not the decay the dense weights had.
-  """
-  finetune = config.train.copy_and_resolve_references()
-  finetune.epochs = config.share.epochs
-  finetune.learning_rate = config.share.learning_rate
-  finetune.lr_schedule = config.share.lr_schedule
-  finetune.warmup_epochs = 0.0
-  finetune.weight_decay = 0.0
-  return finetune
-
-
 def start_checkpoints(start_from: str) -> Path:
   """The checkpoint folder `start_from` names: a workdir (its baseline/) or a checkpoint folder itself."""
   path = Path(start_from)
@@ -145,33 +86,33 @@ def restore_weights(state: train.TrainState, folder: Path) -> train.TrainState:
   return state.replace(params=found["params"], batch_stats=found["batch_stats"])
 
 
-def schedule_steps(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, int]:
-  """Train steps of each stage the config runs: what the projected time multiplies."""
-  def steps(epochs: int) -> int:
-    return epochs * train.steps_in_epoch(dataset, config.train)
+def schedule_steps(experiment: Experiment, dataset: data.Dataset) -> dict[str, int]:
+  """Train steps of each stage the experiment runs: what the projected time multiplies."""
+  def steps(spec: TrainSpec) -> int:
+    return spec.epochs * train.steps_in_epoch(dataset, spec)
 
-  found = {"baseline": 0 if config.start_from else steps(config.train.epochs)}
-  if "pruned" in config.stages:
-    found["pruned"] = config.prune.rounds * steps(config.prune.epochs)
-  if "shared" in config.stages:
-    found["shared"] = steps(config.share.epochs)
-  if "encoded" in config.stages:
-    others = [k for k in config.share.sweep if k != sharing_plan(config.share).k]
-    found.update({f"sweep k={k}": steps(config.share.epochs) for k in others})
+  found = {"baseline": 0 if experiment.start_from else steps(experiment.dense)}
+  if "pruned" in experiment.stages:
+    found["pruned"] = experiment.pruning.rounds * steps(experiment.retrain)
+  if "shared" in experiment.stages:
+    found["shared"] = steps(experiment.finetune)
+  if "encoded" in experiment.stages:
+    found.update({f"sweep k={k}": steps(experiment.finetune) for k in experiment.sweep if k != experiment.sharing.k})
   return found
 
 
-def summary(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module, workdir: Path,
+def summary(experiment: Experiment, dataset: data.Dataset, model: nn.Module, workdir: Path,
             schedule: dict[str, int], command: str) -> str:
   """What is about to run, where, on what: the run's first lines."""
   shape = (1, *dataset.image_shape)
   params = train.count_params(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"])
   devices = jax.devices()
   return (f"{command or 'dc_jax run'}\n"
-          f"  model {config.model.name} ({params:,} parameters, {config.model.dtype} compute) on {dataset.name}: "
+          f"  model {experiment.model.name} ({params:,} parameters, {experiment.model.dtype} compute) on "
+          f"{dataset.name}: "
           f"{dataset.train_images.shape[0]:,} training and {dataset.test_images.shape[0]:,} test images\n"
           f"  devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
-          f"{jax.process_count()} process(es); batch {config.train.batch_size}\n"
+          f"{jax.process_count()} process(es); batch {experiment.dense.batch_size}\n"
           f"  stages: {', '.join(f'{name} ({n:,} steps)' for name, n in schedule.items())}\n"
           f"  workdir: {workdir}")
 
@@ -180,7 +121,7 @@ def summary(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.
 LONG_SCHEDULE_SECONDS = 86400
 
 
-def projection(schedule: dict[str, int], config: ml_collections.ConfigDict) -> Callable[[float], None]:
+def projection(schedule: dict[str, int], batch_size: int) -> Callable[[float], None]:
   """What `train.fit` calls with its first measured step time: the whole schedule's time at that rate.
 
   Retraining, fine-tuning and shared steps cost about what a dense step does
@@ -190,7 +131,7 @@ def projection(schedule: dict[str, int], config: ml_collections.ConfigDict) -> C
     total = sum(schedule.values())
     eta = seconds_per_step * total
     logging.info("measured %.3f s per step of batch %d: the whole schedule (%s steps) takes about %s on this "
-                 "machine, evaluation and coding aside", seconds_per_step, config.train.batch_size, f"{total:,}",
+                 "machine, evaluation and coding aside", seconds_per_step, batch_size, f"{total:,}",
                  progress.duration(eta))
     if eta > LONG_SCHEDULE_SECONDS:
       logging.warning("this schedule runs for %s here; on a CPU use configs/vgg19_fast.py:narrow (VGG19-BN at 1/8 "
@@ -199,23 +140,24 @@ def projection(schedule: dict[str, int], config: ml_collections.ConfigDict) -> C
   return report_projection
 
 
-def train_baseline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+def train_baseline(experiment: Experiment, dataset: data.Dataset, model: nn.Module,
                    workdir: Path, on_step_time: Callable[[float], None] | None = None) -> train.TrainState:
   """Stage `baseline`: the dense network, trained from scratch (or resumed) in `workdir/baseline`.
 
   With `start_from`, the trained weights of an earlier run are restored instead.
   """
-  tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
-  state = train.create_train_state(jax.random.key(config.seed), model, dataset.image_shape, tx)
-  if config.start_from:
-    return restore_weights(state, start_checkpoints(config.start_from))
-  return train.fit(state, dataset, config.train, config.seed,
+  spec = experiment.dense
+  tx = train.create_optimizer(spec, train.steps_in_epoch(dataset, spec))
+  state = train.create_train_state(jax.random.key(experiment.seed), model, dataset.image_shape, tx)
+  if experiment.start_from:
+    return restore_weights(state, start_checkpoints(experiment.start_from))
+  return train.fit(state, dataset, spec, experiment.seed,
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
-                   augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline,
+                   augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
                    on_step_time=on_step_time)
 
 
-def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, dense: train.TrainState,
+def prune_and_retrain(experiment: Experiment, dataset: data.Dataset, dense: train.TrainState,
                       workdir: Path, plan: prune.Plan) -> tuple[train.TrainState, list[dict[str, Any]]]:
   """Stage `pruned`: rounds of pruning, each followed by retraining with the masks enforced by optax.
 
@@ -223,7 +165,7 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
   then retrains from them in `workdir/pruned/round_r` with a fresh optimizer.
   The masks live in the optimizer state: checkpointed, and restored on resume.
   """
-  retrain = retrain_config(config)
+  retrain = experiment.retrain
   steps = train.steps_in_epoch(dataset, retrain)
   state, masks, rounds = dense, None, []
   for r in range(plan.rounds):
@@ -231,10 +173,9 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
     tx = prune.masked(train.create_optimizer(retrain, steps), masks)
     state = train.TrainState.create(apply_fn=state.apply_fn, params=prune.apply_masks(state.params, masks),
                                     batch_stats=state.batch_stats, tx=tx)
-    state = train.fit(state, dataset, retrain, config.seed + r + 1,
-                      checkpoint_dir=workdir / "pruned" / f"round_{r}",
-                      metrics_path=workdir / "metrics.jsonl", augmentation=data.Augmentation.from_config(config.data),
-                      input_pipeline=config.data.pipeline)
+    state = train.fit(state, dataset, retrain, experiment.round_seed(r),
+                      checkpoint_dir=workdir / "pruned" / f"round_{r}", metrics_path=workdir / "metrics.jsonl",
+                      augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline)
     masks = prune.masks_of(state.opt_state)
     test = train.evaluate(state, dataset, retrain.eval_batch_size, retrain.eval_batches)
     _, totals = prune.report(masks, plan.patterns)
@@ -244,7 +185,7 @@ def prune_and_retrain(config: ml_collections.ConfigDict, dataset: data.Dataset, 
   return state, rounds
 
 
-def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset, pruned: train.TrainState,
+def share_and_finetune(experiment: Experiment, dataset: data.Dataset, pruned: train.TrainState,
                        checkpoint_dir: Path) -> tuple[share.SharedTrainState, dict[str, Any]]:
   """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `checkpoint_dir`.
 
@@ -253,38 +194,28 @@ def share_and_finetune(config: ml_collections.ConfigDict, dataset: data.Dataset,
   """
   start = time.perf_counter()
   masks = prune.masks_of(pruned.opt_state)
-  shared, layers = share.quantize(pruned.params, masks, sharing_plan(config.share, config.seed))
+  shared, layers = share.quantize(pruned.params, masks, experiment.sharing)
   trainable, frozen = share.split(shared)
-  finetune = finetune_config(config)
+  finetune = experiment.finetune
   tx = share.finetune_optimizer(train.create_optimizer(finetune, train.steps_in_epoch(dataset, finetune)),
-                                shared, config.share.train_unshared)
+                                shared, experiment.train_unshared)
   state = share.SharedTrainState.create(apply_fn=pruned.apply_fn, params=trainable, batch_stats=pruned.batch_stats,
-                                        tx=tx, frozen=frozen, reduction=config.share.reduction)
+                                        tx=tx, frozen=frozen, reduction=experiment.reduction)
   before = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   logging.info("shared: test accuracy %.4f after clustering, before fine-tuning", before["accuracy"])
-  state = train.fit(state, dataset, finetune, config.seed + config.prune.rounds + 1,
+  state = train.fit(state, dataset, finetune, experiment.finetune_seed,
                     checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
-                    augmentation=data.Augmentation.from_config(config.data), input_pipeline=config.data.pipeline)
+                    augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline)
   after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   return state, {
       "test_accuracy": after["accuracy"],
       "test_accuracy_before_finetune": before["accuracy"],
       "test_examples": after["examples"],
-      "init": config.share.init,
-      "reduction": config.share.reduction,
+      "init": experiment.sharing.init,
+      "reduction": experiment.reduction,
       "layers": layers,
       "seconds": time.perf_counter() - start,
   }
-
-
-def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
-  """The `codec.*` fields as codec.write takes them; 0 bits means "auto" (the smallest file per layer)."""
-  def width(bits):
-    return "auto" if bits == 0 else bits
-
-  if not config.layer_index_bits:
-    return width(config.index_bits)
-  return [*((pattern, width(bits)) for pattern, bits in config.layer_index_bits), (".*", width(config.index_bits))]
 
 
 def evaluate_variables(model: nn.Module, variables: dict[str, Any], dataset: data.Dataset,
@@ -311,19 +242,19 @@ def _check_decoded(written: Any, decoded: Any, path: Path) -> None:
     raise RuntimeError(f"{path} does not decode to the model it was written from")
 
 
-def encode_and_evaluate(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn.Module,
                         state: share.SharedTrainState, path: Path) -> dict[str, Any]:
   """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
   start = time.perf_counter()
   variables = codec.narrow_raw_floats({"params": state.shared_params(), "batch_stats": state.batch_stats},
-                                      config.codec.raw_dtype)
-  content, summary = codec.encode(variables, index_bits(config.codec))
+                                      experiment.raw_dtype)
+  content, summary = codec.encode(variables, experiment.index_bits)
   if distributed.is_primary():
     atomic.write_bytes(path, content)
   distributed.barrier(f"write {path.name}")
   decoded = codec.read(path)
   _check_decoded(variables, decoded, path)
-  test = evaluate_variables(model, decoded, dataset, config.train)
+  test = evaluate_variables(model, decoded, dataset, experiment.finetune)
   logging.info("%s\n%s", path.name, report.coding_text(summary.layers, summary.totals))
   return {
       "test_accuracy": test["accuracy"],
@@ -358,66 +289,40 @@ def _shapes(variables: dict[str, Any]) -> dict[str, tuple[int, ...]]:
   return {name: tuple(leaf.shape) for name, leaf in rules.by_path(variables).items()}
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Everything that can be checked without data or training: fields, stages, plans, patterns, the file's widths."""
-  validate.check(config)
-  distributed.check_config(config.distributed)
-  train.check_param_sharding(config.train.param_sharding)
-  check_stages(config.stages)
-  model = models.create_model(config.model, 10)
-  shape = (1, *models.INPUT_SHAPES[config.model.name])
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
-  if config.start_from:
-    start_checkpoints(config.start_from)
-  if "pruned" in config.stages:
-    prune.select(abstract, pruning_plan(config.prune).patterns)  # A pattern matching nothing fails now.
-    if config.sensitivity.apply and config.prune.criterion != "layer":
-      raise ConfigError(f"sensitivity.apply sets per-layer kept fractions; prune.criterion="
-                        f"{config.prune.criterion!r} does not take them; valid: layer")
-  if config.sensitivity.apply and not config.sensitivity.enabled:
-    raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
-  if not all(0 < f <= 1 for f in config.sensitivity.fractions):
-    raise ConfigError(f"sensitivity.fractions={tuple(config.sensitivity.fractions)!r}; valid: kept fractions in (0, 1]")
-  if "shared" in config.stages:
-    prune.select(abstract, sharing_plan(config.share).patterns, "share.patterns")
-    if not all(isinstance(k, int) and 2 <= k <= share.MAX_CLUSTERS for k in config.share.sweep):
-      raise ConfigError(f"share.sweep={tuple(config.share.sweep)!r}; valid: numbers of clusters in "
-                        f"2..{share.MAX_CLUSTERS}")
-  if "encoded" in config.stages:
-    codec.check_index_bits(index_bits(config.codec))
+def check_config(config: ml_collections.ConfigDict) -> Experiment:
+  """Everything that can be checked without data or training; the config as the Experiment the stages run."""
+  experiment = Experiment.from_config(config)
+  train.check_param_sharding(experiment.dense.param_sharding)
+  if experiment.start_from:
+    start_checkpoints(experiment.start_from)
+  return experiment
 
 
-def analyze_sensitivity(config: ml_collections.ConfigDict, dataset: data.Dataset, state: train.TrainState,
+def analyze_sensitivity(experiment: Experiment, dataset: data.Dataset, state: train.TrainState,
                         workdir: Path, dense_accuracy: float) -> dict[str, Any]:
   """Each pruned layer pruned alone, no retraining (Han et al. 2015, Fig. 5), kept in results.json.
 
   A rerun reads the curves back instead of evaluating again.
   """
   previous = json.loads((workdir / RESULTS_FILE).read_text()).get("sensitivity")
-  fractions = [float(f) for f in config.sensitivity.fractions]
+  settings = experiment.sensitivity
+  fractions = [float(f) for f in settings.fractions]
   # Everything the curves depend on besides the dense model (config.json covers that one).
-  inputs = {"fractions": fractions, "eval_batches": config.sensitivity.eval_batches,
-            "patterns": list(config.prune.patterns)}
+  inputs = {"fractions": fractions, "eval_batches": settings.eval_batches,
+            "patterns": list(experiment.pruning.patterns)}
   if previous and all(previous.get(name) == value for name, value in inputs.items()):
     curves = previous["curves"]
   else:
-    curves = sensitivity.curves(state, dataset, config.prune.patterns, fractions,
-                                config.train.eval_batch_size, config.sensitivity.eval_batches)
-  kept = sensitivity.kept_fractions(curves, dense_accuracy, config.sensitivity.tolerated_drop)
-  entry = {**inputs, "tolerated_drop": config.sensitivity.tolerated_drop,
+    curves = sensitivity.curves(state, dataset, experiment.pruning.patterns, fractions,
+                                experiment.dense.eval_batch_size, settings.eval_batches)
+  kept = sensitivity.kept_fractions(curves, dense_accuracy, settings.tolerated_drop)
+  entry = {**inputs, "tolerated_drop": settings.tolerated_drop,
            "dense_accuracy": dense_accuracy, "curves": curves, "kept_fractions": kept}
   record(workdir, ("sensitivity",), entry)
   return entry
 
 
-def sweep_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
-  """The config with k clusters in every shared layer."""
-  swept = config.copy_and_resolve_references()
-  swept.share.k, swept.share.bits, swept.share.layer_bits = k, 0, ()
-  return swept
-
-
-def make_figures(workdir: Path, config: ml_collections.ConfigDict, results: dict[str, Any],
+def make_figures(workdir: Path, experiment: Experiment, results: dict[str, Any],
                  dense: train.TrainState, pruned: train.TrainState | None,
                  shared: share.SharedTrainState | None) -> list[tuple[str, str]]:
   """The run's figures as PNGs under workdir/figures; (title, path relative to the workdir) each."""
@@ -426,7 +331,7 @@ def make_figures(workdir: Path, config: ml_collections.ConfigDict, results: dict
   figures = []
   if pruned is not None:
     masks = prune.masks_of(pruned.opt_state)
-    layers, _ = prune.report(masks, config.prune.patterns)
+    layers, _ = prune.report(masks, experiment.pruning.patterns)
     report.plot_kept_fractions(folder / "kept_fractions.png", layers)
     figures.append(("Weights kept per layer", "figures/kept_fractions.png"))
     dense_leaves, pruned_leaves, mask_leaves = rules.by_path(dense.params), rules.by_path(pruned.params), rules.by_path(masks)
@@ -568,42 +473,42 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   `check_config`, `check_workdir`), then the data.
   """
   workdir = Path(workdir)
-  check_config(config)
+  experiment = check_config(config)
   check_workdir(config, workdir)
-  dataset = data.load(config.data)
-  check_compatible(config.model, dataset)
-  model = models.create_model(config.model, dataset.num_classes)
+  dataset = data.load(experiment.data)
+  check_compatible(experiment.model, dataset)
+  model = models.create_model(experiment.model, dataset.num_classes)
   workdir.mkdir(parents=True, exist_ok=True)
   if distributed.is_primary():
     for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
       stale.unlink()
   before = _read_results(workdir)  # A stage found here is restored: its first run's time is kept.
-  schedule = schedule_steps(config, dataset)
-  logging.info("%s", summary(config, dataset, model, workdir, schedule, command))
+  schedule = schedule_steps(experiment, dataset)
+  logging.info("%s", summary(experiment, dataset, model, workdir, schedule, command))
 
   # Each stage's "seconds" is its wall time in the run that made it; a rerun's restore is "restore_seconds".
   start = time.perf_counter()
   provenance.record(workdir, config, "baseline")
-  dense = train_baseline(config, dataset, model, workdir, projection(schedule, config))
-  test = train.evaluate(dense, dataset, config.train.eval_batch_size, config.train.eval_batches)
+  dense = train_baseline(experiment, dataset, model, workdir, projection(schedule, experiment.dense.batch_size))
+  test = train.evaluate(dense, dataset, experiment.dense.eval_batch_size, experiment.dense.eval_batches)
   results = record(workdir, ("stages", "baseline"), keep_seconds(before["stages"].get("baseline"), {
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
       "params": train.count_params(dense.params),
       "steps": int(dense.step),
       "seconds": time.perf_counter() - start,
-      **({"start_from": config.start_from} if config.start_from else {}),
+      **({"start_from": experiment.start_from} if experiment.start_from else {}),
   }))
   derived = None
-  if config.sensitivity.enabled:
-    derived = analyze_sensitivity(config, dataset, dense, workdir, test["accuracy"])["kept_fractions"]
+  if experiment.sensitivity.enabled:
+    derived = analyze_sensitivity(experiment, dataset, dense, workdir, test["accuracy"])["kept_fractions"]
     results = json.loads((workdir / RESULTS_FILE).read_text())
   pruned = shared = None
-  if "pruned" in config.stages:
+  if "pruned" in experiment.stages:
     start = time.perf_counter()
     provenance.record(workdir, config, "pruned")
-    plan = pruning_plan(config.prune, derived if config.sensitivity.apply else None)
-    pruned, rounds = prune_and_retrain(config, dataset, dense, workdir, plan)
+    plan = experiment.pruning_with(derived if experiment.sensitivity.apply else None)
+    pruned, rounds = prune_and_retrain(experiment, dataset, dense, workdir, plan)
     layers, totals = prune.report(prune.masks_of(pruned.opt_state), plan.patterns)
     logging.info("pruned\n%s", report.pruning_text(layers, totals))
     results = record(workdir, ("stages", "pruned"), keep_seconds(before["stages"].get("pruned"), {
@@ -617,36 +522,36 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
         "rounds": rounds,
         "seconds": time.perf_counter() - start,
     }))
-  if "shared" in config.stages:
+  if "shared" in experiment.stages:
     provenance.record(workdir, config, "shared")
-    shared, entry = share_and_finetune(config, dataset, pruned, workdir / "shared")
+    shared, entry = share_and_finetune(experiment, dataset, pruned, workdir / "shared")
     logging.info("shared\n%s", report.sharing_text(entry["layers"]))
     logging.info("shared: test accuracy %.4f after fine-tuning", entry["test_accuracy"])
     results = record(workdir, ("stages", "shared"), keep_seconds(before["stages"].get("shared"), entry))
-  if "encoded" in config.stages:
+  if "encoded" in experiment.stages:
     provenance.record(workdir, config, "encoded")
-    encoded = encode_and_evaluate(config, dataset, model, shared, workdir / MODEL_FILE)
+    encoded = encode_and_evaluate(experiment, dataset, model, shared, workdir / MODEL_FILE)
     results = record(workdir, ("stages", "encoded"), keep_seconds(before["stages"].get("encoded"), encoded))
-    for k in config.share.sweep:
-      if k == sharing_plan(config.share).k:  # The run's own k: already shared and encoded.
+    for k in experiment.sweep:
+      if k == experiment.sharing.k:  # The run's own k: already shared and encoded.
         point = _sweep_entry(k, results["stages"]["shared"], results["stages"]["encoded"])
       else:
         provenance.record(workdir, config, f"{provenance.SWEEP_PREFIX}{k}")
         point = keep_seconds(before.get("sweep", {}).get(f"k={k}"),
-                             sweep_point(config, dataset, model, pruned, workdir, k))
+                             sweep_point(experiment, dataset, model, pruned, workdir, k))
       results = record(workdir, ("sweep", f"k={k}"), point)
   if distributed.is_primary():
-    shown = reported(results, tuple(config.stages))
-    figures = make_figures(workdir, config, shown, dense, pruned, shared)
-    path = report.write_report(workdir, shown, config.model.name, command, figures)
+    shown = reported(results, experiment.stages)
+    figures = make_figures(workdir, experiment, shown, dense, pruned, shared)
+    path = report.write_report(workdir, shown, experiment.model.name, command, figures)
     logging.info("report: %s", path)
   return results
 
 
-def sweep_point(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+def sweep_point(experiment: Experiment, dataset: data.Dataset, model: nn.Module,
                 pruned: train.TrainState, workdir: Path, k: int) -> dict[str, Any]:
   """The pruned model shared at k clusters per layer, fine-tuned and encoded: one column of the original's table."""
-  swept = sweep_config(config, k)
+  swept = experiment.shared_at(k)
   state, entry = share_and_finetune(swept, dataset, pruned, workdir / f"shared_k{k}")
   encoded = encode_and_evaluate(swept, dataset, model, state, workdir / f"model_k{k}.dcz")
   logging.info("sweep k=%d: test accuracy %.4f, %s bytes (%.1fx)", k, encoded["test_accuracy"],

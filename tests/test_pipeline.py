@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import lenet300
-from dc_jax import codec, pipeline, prune, share, train
+from dc_jax import codec, experiment, pipeline, prune, share, train
 from dc_jax.errors import ConfigError, DataError
 from tests.conftest import synthetic_dataset
 
@@ -90,7 +90,7 @@ def test_shared_stage_clusters_the_pruned_weights_and_fine_tunes_only_codebooks(
 
   # Fine-tuning moved the codebooks away from k-means' centroids and left the indices as k-means set them.
   pruned_params = pruned.restore(pruned.latest_step(), args=ocp.args.StandardRestore())["params"]
-  clustered, _ = share.quantize(pruned_params, masks, pipeline.sharing_plan(small_config.share, small_config.seed))
+  clustered, _ = share.quantize(pruned_params, masks, experiment.sharing_plan(small_config.share, small_config.seed))
   written = codec.read(workdir / pipeline.MODEL_FILE)["params"]
   for name in ("ip1", "ip2", "ip3"):
     tuned = np.asarray(restored["params"][name]["kernel"])
@@ -170,12 +170,12 @@ def test_start_from_restores_a_trained_baseline_instead_of_training(small_config
 
 def test_sharing_plan_takes_layer_bits_then_bits_then_k():
   config = lenet300.get_config().share
-  assert pipeline.sharing_plan(config).k == 64  # bits = 6.
+  assert experiment.sharing_plan(config).k == 64  # bits = 6.
   config.bits = 0
-  assert pipeline.sharing_plan(config).k == 13
+  assert experiment.sharing_plan(config).k == 13
   config.bits = 6
   config.layer_bits = (("conv.*", 8),)
-  plan = pipeline.sharing_plan(config)
+  plan = experiment.sharing_plan(config)
   assert (plan.clusters("conv1/kernel"), plan.clusters("ip1/kernel")) == (256, 64)
 
 
@@ -205,7 +205,7 @@ def test_bad_config_fails_before_any_training(small_config, tmp_path, field, val
 
 def test_pruning_plan_reads_per_layer_overrides_first_match_wins():
   config = lenet300.get_config().prune
-  plan = pipeline.pruning_plan(config)
+  plan = experiment.pruning_plan(config)
   assert plan.kept_fraction == [("ip2/kernel", 0.09), ("ip3/kernel", 0.25), (".*", 0.07)]
   params = {"ip1": {"kernel": np.ones((10, 10))}, "ip3": {"kernel": np.ones((10, 10))}}
   masks = plan.prune(jax.tree.map(np.asarray, params), None, plan.rounds - 1)

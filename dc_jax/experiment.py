@@ -1,0 +1,196 @@
+"""The config translated once, up front, into what each stage takes: plans, training specs, seeds.
+
+Building an `Experiment` is the run's whole validation: every field's type and
+range (validate.py), then each stage's plan, which checks its own values, and
+the patterns against the model's parameter paths; so a bad setting fails
+before any data is loaded or anything trains. The stages read only the
+Experiment. The config itself is left to what must record it as given:
+config.json (provenance.py) and the report's command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dc_jax import codec, data, distributed, models, prune, rules, share, validate
+from dc_jax.errors import ConfigError
+
+STAGES = ("baseline", "pruned", "shared", "encoded")
+
+
+def _plain(value: Any) -> Any:
+  """Config values as hashable Python: lists become tuples (a TrainSpec is a static jit argument's source)."""
+  return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """How one stage trains and evaluates: what train.fit and train.create_optimizer read, by train.*'s names."""
+
+  epochs: int
+  batch_size: int
+  eval_batch_size: int
+  optimizer: str
+  learning_rate: float
+  momentum: float
+  nesterov: bool
+  weight_decay: float
+  lr_schedule: str
+  lr_decay_epochs: tuple[int, ...]
+  lr_decay_factor: float
+  warmup_epochs: float
+  label_smoothing: float
+  steps_per_epoch: int
+  steps_per_dispatch: int
+  eval_batches: int
+  log_every_steps: int
+  checkpoint_every_epochs: int
+  param_sharding: str
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> TrainSpec:
+    return cls(**{field.name: _plain(config[field.name]) for field in dataclasses.fields(cls)})
+
+
+def _per_layer(default: Any, overrides: tuple) -> Any:
+  """A config's default value plus its ((regex, value), ...) overrides, as the plans take them."""
+  return [*(tuple(pair) for pair in overrides), (".*", default)] if overrides else default
+
+
+def pruning_plan(config: ml_collections.ConfigDict, layer_kept_fractions: dict[str, float] | None = None) -> prune.Plan:
+  """The `prune.*` fields as a checked prune.Plan; `layer_kept_fractions` (exact paths) come first if given."""
+  derived = tuple((re.escape(layer), f) for layer, f in (layer_kept_fractions or {}).items())
+  return prune.Plan(
+      criterion=config.criterion, schedule=config.schedule, rounds=config.rounds,
+      kept_fraction=_per_layer(config.kept_fraction, derived + tuple(config.layer_kept_fractions)),
+      quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns))
+
+
+def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan:
+  """The `share.*` fields as a checked share.Plan: per-layer bits first, then bits, then k."""
+  return share.Plan(k=config.k, bits=config.bits, layer_bits=tuple(tuple(rule) for rule in config.layer_bits),
+                    init=config.init, max_iterations=config.max_iterations, patterns=tuple(config.patterns),
+                    seed=seed)
+
+
+def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
+  """The `codec.*` fields as codec.write takes them; 0 bits means "auto" (the smallest file per layer)."""
+  def width(bits):
+    return "auto" if bits == 0 else bits
+
+  if not config.layer_index_bits:
+    return width(config.index_bits)
+  return [*((pattern, width(bits)) for pattern, bits in config.layer_index_bits), (".*", width(config.index_bits))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything a run does, checked: the stages' plans, the three training specs, augmentation and seeds."""
+
+  seed: int
+  stages: tuple[str, ...]
+  start_from: str
+  data: ml_collections.ConfigDict  # data.load's source.
+  model: ml_collections.ConfigDict  # models.create_model's settings.
+  augmentation: data.Augmentation | None
+  input_pipeline: str
+  dense: TrainSpec  # The baseline's training.
+  retrain: TrainSpec  # Each pruning round's: prune.epochs, prune.learning_rate, no warm-up.
+  finetune: TrainSpec  # Sharing's: share.epochs, share.learning_rate, no warm-up and no weight decay.
+  pruning: prune.Plan
+  sharing: share.Plan
+  sweep: tuple[int, ...]
+  train_unshared: bool
+  reduction: str
+  index_bits: codec.IndexBits
+  raw_dtype: str
+  sensitivity: ml_collections.ConfigDict
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
+    """The config as an Experiment, or a ConfigError naming the first bad setting; needs no data and trains nothing."""
+    validate.check(config)
+    distributed.check_config(config.distributed)
+    check_stages(config.stages)
+    experiment = cls(
+        seed=config.seed, stages=tuple(config.stages), start_from=config.start_from, data=config.data,
+        model=config.model, augmentation=data.Augmentation.from_config(config.data),
+        input_pipeline=config.data.pipeline, dense=TrainSpec.from_config(config.train), retrain=_retrain(config),
+        finetune=_finetune(config), pruning=pruning_plan(config.prune), sharing=sharing_plan(config.share, config.seed),
+        sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
+        index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype, sensitivity=config.sensitivity)
+    _check_against_the_model(experiment)
+    return experiment
+
+  @property
+  def finetune_seed(self) -> int:
+    """Fine-tuning draws after the pruning rounds' seeds (seed + 1 ... seed + rounds)."""
+    return self.seed + self.pruning.rounds + 1
+
+  def round_seed(self, r: int) -> int:
+    return self.seed + r + 1
+
+  def shared_at(self, k: int) -> Experiment:
+    """The same run sharing every layer at k clusters: a point of the sweep."""
+    return dataclasses.replace(self, sharing=dataclasses.replace(self.sharing, k=k, bits=0, layer_bits=()))
+
+  def pruning_with(self, layer_kept_fractions: dict[str, float] | None) -> prune.Plan:
+    """The pruning plan with kept fractions for exact layer paths (the sensitivity analysis's) tried first."""
+    if not layer_kept_fractions:
+      return self.pruning
+    derived = [(re.escape(layer), f) for layer, f in layer_kept_fractions.items()]
+    given = self.pruning.kept_fraction
+    return dataclasses.replace(self.pruning, kept_fraction=[*derived, *(
+        given if rules.is_rule_list(given) else [(".*", given)])])
+
+
+def _retrain(config: ml_collections.ConfigDict) -> TrainSpec:
+  """train.* with the retraining epochs and learning rate of prune.*; retraining starts from trained weights."""
+  return dataclasses.replace(TrainSpec.from_config(config.train), epochs=config.prune.epochs,
+                             learning_rate=config.prune.learning_rate, lr_schedule=config.prune.lr_schedule,
+                             warmup_epochs=0.0)
+
+
+def _finetune(config: ml_collections.ConfigDict) -> TrainSpec:
+  """train.* with the fine-tuning epochs and learning rate of share.*, and no weight decay.
+
+  L2 on a codebook would pull each centroid by its own value once, not once
+  per weight that shares it: not the decay the dense weights had.
+  """
+  return dataclasses.replace(TrainSpec.from_config(config.train), epochs=config.share.epochs,
+                             learning_rate=config.share.learning_rate, lr_schedule=config.share.lr_schedule,
+                             warmup_epochs=0.0, weight_decay=0.0)
+
+
+def check_stages(stages: tuple[str, ...]) -> None:
+  if not stages or tuple(stages) != STAGES[:len(stages)]:
+    raise ConfigError(f"stages={tuple(stages)!r} is not a run of stages; valid: a prefix of {STAGES}, in order")
+
+
+def _check_against_the_model(experiment: Experiment) -> None:
+  """The plans' patterns against the model's parameter paths, and what the stages need of each other."""
+  model = models.create_model(experiment.model, 10)
+  shape = (1, *models.INPUT_SHAPES[experiment.model.name])
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
+  sensitivity = experiment.sensitivity
+  if "pruned" in experiment.stages:
+    prune.select(abstract, experiment.pruning.patterns)  # A pattern matching nothing fails now.
+    if sensitivity.apply and experiment.pruning.criterion != "layer":
+      raise ConfigError(f"sensitivity.apply sets per-layer kept fractions; prune.criterion="
+                        f"{experiment.pruning.criterion!r} does not take them; valid: layer")
+  if sensitivity.apply and not sensitivity.enabled:
+    raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
+  if not all(0 < f <= 1 for f in sensitivity.fractions):
+    raise ConfigError(f"sensitivity.fractions={tuple(sensitivity.fractions)!r}; valid: kept fractions in (0, 1]")
+  if "shared" in experiment.stages:
+    prune.select(abstract, experiment.sharing.patterns, "share.patterns")
+    if not all(isinstance(k, int) and 2 <= k <= share.MAX_CLUSTERS for k in experiment.sweep):
+      raise ConfigError(f"share.sweep={experiment.sweep!r}; valid: numbers of clusters in 2..{share.MAX_CLUSTERS}")
+  if "encoded" in experiment.stages:
+    codec.check_index_bits(experiment.index_bits)
