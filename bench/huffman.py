@@ -1,14 +1,17 @@
 """Times our vectorised canonical Huffman coder against dahuffman (pure Python) on VGG19-sized streams.
 
-  python bench/huffman.py [--symbols 16777216] [--clusters 32] [--dahuffman_symbols 1000000]
+  python bench/huffman.py [--symbols 16777216] [--clusters 32] [--dahuffman_symbols 1000000] [--repeats 3]
 
 The stream is `--symbols` cluster indices (VGG19's fc6 has 16.8M weights)
 drawn from a peaked distribution over `--clusters` codes, as trained weights
 cluster. dahuffman decodes about 2 us per symbol, so it runs on the first
 `--dahuffman_symbols` only; ours runs on that same prefix too, and speed ratios
-compare the two on it. Both must decode back to their input.
+compare the two on it. Times are medians of `--repeats` calls, the coders
+taking turns, so that a burst of load from other processes does not decide a
+ratio. Both must decode back to their input.
 """
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ _CLUSTERS = flags.DEFINE_integer("clusters", 32, "Distinct symbols (k cluster co
 _DAHUFFMAN_SYMBOLS = flags.DEFINE_integer("dahuffman_symbols", 1_000_000,
                                           "Prefix of the stream that both coders time side by side.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the stream.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Calls per coder and direction; the median is reported.")
 
 
 def peaked_stream(size: int, clusters: int, seed: int) -> np.ndarray:
@@ -60,6 +64,11 @@ def time_dahuffman(symbols: np.ndarray) -> tuple[float, float, int]:
   return encoded - start, decoded_at - encoded, len(data)
 
 
+def medians(runs: list[tuple[float, float, int]]) -> tuple[float, float, int]:
+  """(median encode s, median decode s, bytes) over repeated runs of one coder."""
+  return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+
+
 def report(name: str, n: int, encode_s: float, decode_s: float, size: int) -> None:
   print(f"{name:<28}{n:>12,}{encode_s:>9.3f}s{n / encode_s / 1e6:>9.2f}{decode_s:>9.3f}s"
         f"{n / decode_s / 1e6:>9.2f}{8 * size / n:>9.3f}")
@@ -73,12 +82,13 @@ def main(argv):
   print(f"stream: {symbols.size:,} symbols, {_CLUSTERS.value} clusters; entropy {huffman.entropy(counts):.3f} "
         f"bits/symbol, Huffman {huffman.coded_bits(counts, lengths) / symbols.size:.3f} bits/symbol, "
         f"longest code {lengths.max()} bits")
+  print(f"median of {_REPEATS.value} calls each, the coders taking turns")
   print(f"{'coder':<28}{'symbols':>12}{'encode':>10}{'Msym/s':>9}{'decode':>10}{'Msym/s':>9}{'bits/sym':>9}")
-  report("dc_jax.huffman (full)", symbols.size, *time_ours(symbols, lengths))
+  report("dc_jax.huffman (full)", symbols.size, *medians([time_ours(symbols, lengths) for _ in range(_REPEATS.value)]))
   prefix = symbols[:_DAHUFFMAN_SYMBOLS.value]
   prefix_lengths = huffman.code_lengths(np.bincount(prefix, minlength=_CLUSTERS.value))
-  ours = time_ours(prefix, prefix_lengths)
-  theirs = time_dahuffman(prefix)
+  runs = [(time_ours(prefix, prefix_lengths), time_dahuffman(prefix)) for _ in range(_REPEATS.value)]
+  ours, theirs = medians([ours for ours, _ in runs]), medians([theirs for _, theirs in runs])
   report("dc_jax.huffman (prefix)", prefix.size, *ours)
   report("dahuffman (prefix)", prefix.size, *theirs)  # Its bits include an end-of-file code.
   print(f"speed ours/dahuffman on the same {prefix.size:,} symbols: encode {theirs[0] / ours[0]:.1f}x, "

@@ -7,9 +7,10 @@ significant first. Lengths are optimal (minimum total bits) among codes no
 longer than `max_length` bits; when no code needs more, that is plain Huffman.
 
 Nothing loops in Python over symbols or bits: encoding scatters each code into
-32-bit words with `reduceat`; decoding finds where every codeword starts by
-pointer doubling over all bit positions (see `decode`). Python loops run over
-code lengths, doubling rounds, tree levels and chunks of the stream only.
+32-bit words with `reduceat`, two symbols at a time; decoding finds where
+every codeword starts from each word's exit map, computed for all words at
+once (see `decode`). Python loops run over code lengths, bit offsets in a
+word, codewords per word, fixed-point rounds and chunks of the stream only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ MAX_LENGTH = 24  # Default length limit: codes span at most 2 of the 32-bit word
 _WORD = 32  # Bits per word; decoding follows codewords one word at a time.
 _LOG2_WORD = 5  # Bits of a bit offset within a word.
 _CHUNK_SYMBOLS = 1 << 20  # Encoding works on this many symbols at a time to bound memory.
-_CHUNK_WORDS = 1 << 15  # Decoding works on this many words (1 Mbit) at a time; a power of 2.
+_CHUNK_WORDS = 1 << 13  # Decoding works on this many words (256 Kbit) at a time: its tables stay in cache.
+_PAIR_SYMBOLS = 256  # Encoding packs symbols in pairs (a table of n**2 pair codes) for alphabets up to this size.
 _TABLE_BITS = 16  # Decoding looks up code lengths in a table indexed by this many leading bits.
+_ENTRY_ROUNDS = 24  # Rounds of fixed-point iteration for the words' entries before the exact scan takes over.
 
 
 def code_lengths(frequencies: np.ndarray, max_length: int = MAX_LENGTH) -> np.ndarray:
@@ -138,11 +141,42 @@ def codes(lengths: np.ndarray) -> np.ndarray:
   return _canonical(lengths).codes
 
 
+def _symbol_counts(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """How often each symbol occurs; ValueError naming the first one without a code."""
+  low, high = int(symbols.min()), int(symbols.max())
+  counts = np.bincount(symbols, minlength=lengths.size) if low >= 0 and high < lengths.size else None
+  if counts is None or not np.all(lengths[counts > 0] > 0):
+    coded = (symbols >= 0) & (symbols < lengths.size)
+    coded[coded] = lengths[symbols[coded]] > 0
+    raise ValueError(f"symbol {int(symbols[~coded][0])} has no code; coded symbols are "
+                     f"{np.flatnonzero(lengths).tolist()}")
+  return counts
+
+
+def _units(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(units, unit lengths, unit codes): the symbols two at a time, where their codes fit 32 bits together.
+
+  Halves the work of packing: a pair's code is the first code followed by the
+  second, so the bits are the same. An odd last symbol is a unit of its own.
+  """
+  n = lengths.size
+  if n > _PAIR_SYMBOLS or 2 * int(lengths.max()) > _WORD or symbols.size < 2:
+    return symbols, lengths, codes
+  pair_lengths = (lengths[:, None] + lengths[None, :]).ravel()
+  pair_codes = ((codes[:, None] << lengths[None, :].astype(np.uint64)) | codes[None, :]).ravel()
+  even = symbols.size - symbols.size % 2
+  units = symbols[0:even:2].astype(np.intp) * n + symbols[1:even:2]
+  if even < symbols.size:
+    units = np.append(units, n * n + int(symbols[-1]))
+  return units, np.concatenate([pair_lengths, lengths]), np.concatenate([pair_codes, codes])
+
+
 def encode(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
   """The symbols' canonical codes, packed most significant bit first; the last byte is padded with 0 bits.
 
-  Each code is shifted into place inside a 64-bit window over the two 32-bit
-  words it touches; codes never overlap, so OR-reducing them per word packs them.
+  Each code (or pair of codes, see `_units`) is shifted into place inside a
+  64-bit window over the two 32-bit words it touches; codes never overlap, so
+  OR-reducing them per word packs them.
   """
   table = _canonical(lengths)
   lengths = np.asarray(lengths, np.int64)
@@ -151,46 +185,94 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     return b""
   if not np.issubdtype(symbols.dtype, np.integer):
     raise ValueError(f"symbols must be integers; got {symbols.dtype}")
-  coded = (symbols >= 0) & (symbols < lengths.size)
-  coded[coded] = lengths[symbols[coded]] > 0
-  if not coded.all():
-    raise ValueError(f"symbol {int(symbols[~coded][0])} has no code; coded symbols are "
-                     f"{np.flatnonzero(lengths).tolist()}")
-  total_bits = int(np.bincount(symbols, minlength=lengths.size) @ lengths)
+  total_bits = int(_symbol_counts(symbols, lengths) @ lengths)
+  units, unit_lengths, unit_codes = _units(symbols, lengths, table.codes)
+  left_aligned = unit_codes << (2 * _WORD - unit_lengths).astype(np.uint64)  # Codes in bits 63.. of a window.
   words = np.zeros(total_bits // _WORD + 2, np.uint64)
   offset = 0
-  for start in range(0, symbols.size, _CHUNK_SYMBOLS):
-    chunk = symbols[start:start + _CHUNK_SYMBOLS]
-    length = np.take(lengths, chunk)
-    ends = offset + np.cumsum(length)
-    begins = ends - length
+  for start in range(0, units.size, _CHUNK_SYMBOLS):
+    chunk = units[start:start + _CHUNK_SYMBOLS]
+    ends = np.cumsum(np.take(unit_lengths, chunk))
+    ends += offset
+    begins = np.empty_like(ends)
+    begins[0], begins[1:] = offset, ends[:-1]
     offset = int(ends[-1])
     word = begins >> _LOG2_WORD
-    shift = (2 * _WORD - length - (begins & (_WORD - 1))).astype(np.uint64)
-    window = np.take(table.codes, chunk) << shift  # The code inside bits 63..0 of words (word, word + 1).
+    window = np.take(left_aligned, chunk) >> (begins & (_WORD - 1)).astype(np.uint64)  # Words (word, word + 1).
     firsts = np.flatnonzero(np.concatenate([[True], word[1:] != word[:-1]]))
-    touched = word[firsts]
-    words[touched] |= np.bitwise_or.reduceat(window >> np.uint64(_WORD), firsts)
-    words[touched + 1] |= np.bitwise_or.reduceat(window & np.uint64(0xFFFFFFFF), firsts)
+    # Units are at most 32 bits, so every word from the first to the last holds the start of one: slices suffice.
+    packed = np.bitwise_or.reduceat(window, firsts)
+    first, last = int(word[0]), int(word[-1]) + 1
+    words[first:last] |= packed >> np.uint64(_WORD)
+    words[first + 1:last + 1] |= packed & np.uint64(0xFFFFFFFF)
   return words.astype(">u4").tobytes()[:-(-total_bits // 8)]
 
 
-def _length_table(table: _Canonical) -> tuple[np.ndarray, int]:
-  """Code length by the next `bits` bits of the stream; 0 where those bits start a longer code."""
+def _lookup_tables(table: _Canonical) -> tuple[np.ndarray, np.ndarray, int]:
+  """(length, symbol) of the code that the next `bits` bits of the stream start; length 0 where it is longer."""
   bits = min(table.max_length, _TABLE_BITS)
   prefixes = np.arange(1 << bits, dtype=np.uint64) << np.uint64(table.max_length - bits)
-  lengths = np.searchsorted(table.limit, prefixes, side="right").astype(np.uint8)
+  lengths = np.searchsorted(table.limit, prefixes, side="right")
   lengths[lengths > bits] = 0
-  return lengths, bits
+  codes = np.arange(1 << bits, dtype=np.int64) >> (bits - lengths)
+  rank = np.clip(table.first_rank[lengths] + codes - table.first_code[lengths], 0, table.symbols.size - 1)
+  return lengths.astype(np.uint8), table.symbols[rank], bits
 
 
-def _code_length_at(table: _Canonical, length_table: np.ndarray, bits: int, windows: np.ndarray) -> np.ndarray:
-  """The length of the code at the start of each L-bit window (L = the longest code)."""
-  found = length_table[(windows >> np.uint64(table.max_length - bits)).astype(np.intp)]
-  long = found == 0
-  if long.any():
-    found[long] = np.searchsorted(table.limit, windows[long], side="right")
+def _symbols_at(table: _Canonical, symbol_table: np.ndarray, bits: int, pairs: np.ndarray,
+                offsets: np.ndarray) -> np.ndarray:
+  """The symbols whose codes start at these offsets of these words (`pairs`: each word and the next, uint64)."""
+  ahead = pairs.view(np.int64) >> (2 * _WORD - bits - offsets)
+  found = np.take(symbol_table, ahead & ((1 << bits) - 1))
+  if table.max_length > bits:  # Codes longer than the table: their L-bit windows, searched.
+    windows = pairs >> (2 * _WORD - table.max_length - offsets).astype(np.uint64)
+    windows &= np.uint64((1 << table.max_length) - 1)
+    length = np.searchsorted(table.limit, windows, side="right")
+    long = length > bits
+    code = (windows[long] >> (table.max_length - length[long]).astype(np.uint64)).astype(np.int64)
+    found[long] = table.symbols[table.first_rank[length[long]] + code - table.first_code[length[long]]]
   return found
+
+
+def _code_lengths_at(table: _Canonical, length_table: np.ndarray, bits: int, pairs: np.ndarray) -> np.ndarray:
+  """uint8[32, words]: the length of the code starting at each bit offset of each word (`pairs`: word and next).
+
+  The table's index is taken straight from the pair (a signed shift, then a
+  mask: int64 indices, no copy); only codes longer than the table's bits,
+  rare, get their L-bit window and a search.
+  """
+  shifts = 2 * _WORD - bits - np.arange(_WORD, dtype=np.int64)
+  found = np.take(length_table, (pairs.view(np.int64)[None, :] >> shifts[:, None]) & ((1 << bits) - 1))
+  if table.max_length > bits:
+    offset, word = np.nonzero(found == 0)
+    shift = (2 * _WORD - table.max_length - offset).astype(np.uint64)
+    windows = (pairs[word] >> shift) & np.uint64((1 << table.max_length) - 1)
+    found[offset, word] = np.searchsorted(table.limit, windows, side="right")
+  return found
+
+
+def _entries(maps: np.ndarray, entry: int) -> np.ndarray:
+  """States s[0] = entry, s[i+1] = maps[s[i], i], for `maps` uint8[D, m] with values in 0..D-1.
+
+  Huffman codes resynchronise: walks that enter a word at different offsets
+  mostly leave it at the same one, so most maps are constant. Iterating all
+  states at once from a guess (s[i+1] = maps[s[i], i] for every i) then
+  reaches the fixed point in a few rounds, and a fixed point is the answer,
+  since the recurrence determines it from s[0]. Codes that do not
+  resynchronise (e.g. all of one length) fall back to the logarithmic scan.
+  """
+  m = maps.shape[1]
+  columns = np.arange(m - 1)
+  states = np.zeros(m, maps.dtype)
+  states[0] = entry
+  for _ in range(_ENTRY_ROUNDS):
+    following = maps[states[:-1], columns]
+    if np.array_equal(following, states[1:]):
+      return states
+    states[1:] = following
+  scan = np.zeros((1 << (m - 1).bit_length(), maps.shape[0]), maps.dtype)
+  scan[:m] = maps.T
+  return _compose_scan(scan, entry)[:m].astype(maps.dtype)
 
 
 def _compose_scan(maps: np.ndarray, entry: int) -> np.ndarray:
@@ -210,25 +292,25 @@ def _compose_scan(maps: np.ndarray, entry: int) -> np.ndarray:
   return states
 
 
-def _doubling_rounds(lengths: np.ndarray) -> int:
-  """R such that 2**R hops leave any word: at most ceil(32 / shortest length) codewords start in one."""
+def _codewords_per_word(lengths: np.ndarray) -> int:
+  """The most codewords that can start in one 32-bit word: ceil(32 / the shortest length)."""
   lengths = np.asarray(lengths)
-  shortest = int(np.min(lengths[lengths > 0]))
-  return max(1, (-(-_WORD // shortest) - 1).bit_length())
+  return -(-_WORD // int(np.min(lengths[lengths > 0])))
 
 
 def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
   """The `count` symbols that `encode(symbols, lengths)` packed into `data`.
 
   Where each codeword starts depends on every codeword before it, so instead
-  of walking the stream, this computes the code length at every bit position
-  and, per 32-bit word, where a walk entering at offset s would leave it
-  (pointer doubling: 5 rounds, fewer when the shortest code is longer than 1
-  bit). A walk enters a word at offset < L (a code started before it ends
-  within L - 1 bits), so each word is a map on 0..L-1;
-  an associative scan of these maps gives every word's true entry, and the
-  doubling tables then give each codeword's start by the binary digits of its
-  rank in the word. Work is ~30 vectorised operations per bit of `data`.
+  of walking the stream, this works on all 32-bit words at once. It looks up
+  the code length at every bit position (a 16-bit table), then, per word,
+  where a walk from each offset leaves the word: offsets from 31 down to 0,
+  each one row of gathers, since a walk from p continues from p + length > p.
+  A walk enters a word at offset < L (a code started before it ends within
+  L - 1 bits), so each word is a map on 0..L-1, and chaining these maps gives
+  every word's entry (`_entries`). Each word is then walked from its entry,
+  one codeword per step, all words at once. Work is ~10 vectorised operations
+  per bit of `data`, on arrays of `_CHUNK_WORDS` that stay in cache.
 
   Returns:
     The symbols, as the narrowest unsigned dtype holding n - 1 (n = len(lengths)).
@@ -247,55 +329,46 @@ def decode(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
       raise ValueError(f"{count} 1-bit codes take {-(-count // 8)} bytes, not {len(data)}")
     return np.full(count, table.symbols[0], dtype)
   max_length = table.max_length
-  length_table, table_bits = _length_table(table)
+  length_table, symbol_table, table_bits = _lookup_tables(table)
   padded = np.frombuffer(data + bytes(-len(data) % 4 + 4), ">u4").astype(np.uint64)
   pairs = (padded[:-1] << np.uint64(_WORD)) | padded[1:]  # Word i and the one after: any code starting in i.
-  offsets = np.arange(_WORD, dtype=np.uint64)
-  mask = np.uint64((1 << max_length) - 1)
-  # jumps[k, w, s]: offset in word w after 2**k codewords from offset s, or the first offset >= 32 once
-  # the walk leaves the word; columns 32..63 map to themselves so that a walk that left stays put.
-  rounds = _doubling_rounds(lengths)
-  all_jumps = np.empty((rounds + 1, min(pairs.size, _CHUNK_WORDS), 2 * _WORD), np.uint8)
-  all_jumps[:, :, _WORD:] = np.arange(_WORD, 2 * _WORD, dtype=np.uint8)
-  all_rows = np.arange(all_jumps.shape[1], dtype=np.intp) * (2 * _WORD)
+  per_word = _codewords_per_word(lengths)
+  chunk_words = min(pairs.size, _CHUNK_WORDS)
+  # hop[p, w]: the offset after the code at offset p of word w; rows 32..63 (a walk that left) map to themselves.
+  # leave[p, w]: the offset in word w + 1 where a walk from offset p of word w enters it; rows 32..63: p - 32.
+  hop = np.empty((2 * _WORD, chunk_words), np.uint8)
+  leave = np.empty((2 * _WORD, chunk_words), np.uint8)
+  hop[_WORD:] = np.arange(_WORD, 2 * _WORD, dtype=np.uint8)[:, None]
+  leave[_WORD:] = np.arange(_WORD, dtype=np.uint8)[:, None]
+  all_columns = np.arange(chunk_words, dtype=np.intp)
   out, found, entry = [], 0, 0
   for first in range(0, pairs.size, _CHUNK_WORDS):
     chunk = pairs[first:first + _CHUNK_WORDS]
     n_words = chunk.size
-    jumps, rows = all_jumps[:, :n_words], all_rows[:n_words]
-    windows = (chunk[:, None] >> (np.uint64(2 * _WORD - max_length) - offsets)) & mask
-    hop = jumps[0, :, :_WORD]
-    hop[:] = np.arange(_WORD, dtype=np.uint8) + _code_length_at(table, length_table, table_bits, windows)
-    for k in range(rounds):
-      jumps[k + 1, :, :_WORD] = np.take(jumps[k], rows[:, None] + jumps[k, :, :_WORD])
-    # Where a walk entering at offset s < L enters the next word; padded to a power of 2 words for the scan.
-    leave = jumps[rounds, :, :max_length] - np.uint8(_WORD)
-    maps = np.zeros((1 << (n_words - 1).bit_length(), max_length), np.uint8)
-    maps[:n_words] = leave
-    starts = _compose_scan(maps, entry)[:n_words]
-    entry = int(leave[-1, starts[-1]])
-    # Codewords per word: the walk from its entry, by binary lifting over the doubling tables.
-    position, in_word = starts.astype(np.intp), np.ones(n_words, np.intp)
-    for k in reversed(range(rounds)):
-      step = np.take(jumps[k], rows + position)
-      inside = step < _WORD
-      position = np.where(inside, step, position)
-      in_word += inside.astype(np.intp) << k
-    # Each codeword's offset in its word: 2**k hops from the entry for each binary digit k of its rank.
-    take = min(int(in_word.sum()), count - found)
-    word = np.repeat(np.arange(n_words), in_word)[:take]
-    rank = np.arange(take) - np.repeat(np.cumsum(in_word) - in_word, in_word)[:take]
-    base = word * (2 * _WORD)
-    position = starts[word].astype(np.intp)
-    for k in range(rounds):
-      position = np.where((rank >> k) & 1, np.take(jumps[k], base + position), position)
-    at = word * _WORD + position
-    length = np.take(jumps[0], base + position).astype(np.int64) - position
-    code = (np.take(windows, at) >> (max_length - length).astype(np.uint64)).astype(np.int64)
-    out.append(table.symbols[table.first_rank[length] + code - table.first_code[length]])
+    if n_words < chunk_words:  # The last, shorter chunk: tables of its width.
+      hop, leave = np.ascontiguousarray(hop[:, :n_words]), np.ascontiguousarray(leave[:, :n_words])
+    columns = all_columns[:n_words]
+    hop_rows, leave_rows = hop.reshape(-1), leave.reshape(-1)
+    np.add(np.arange(_WORD, dtype=np.uint8)[:, None], _code_lengths_at(table, length_table, table_bits, chunk),
+           out=hop[:_WORD])
+    for p in range(_WORD - 1, -1, -1):
+      leave[p] = np.take(leave_rows, hop[p] * np.intp(n_words) + columns)
+    starts = _entries(leave[:max_length], entry)
+    entry = int(leave[starts[-1], n_words - 1])
+    # Every word walked at once from its entry, one codeword per step: offsets[rank, word].
+    offsets = np.empty((per_word, n_words), np.uint8)
+    offsets[0] = starts
+    for j in range(1, per_word):
+      offsets[j] = np.take(hop_rows, offsets[j - 1] * np.intp(n_words) + columns)  # >= 32: left the word.
+    inside = offsets.T < _WORD  # Word-major: the stream's order.
+    word, _ = np.nonzero(inside)
+    take = min(word.size, count - found)
+    word = word[:take]
+    position = offsets.T[inside][:take].astype(np.int64)
+    out.append(_symbols_at(table, symbol_table, table_bits, np.take(chunk, word), position))
     found += take
     if found == count:
-      end_bit = first * _WORD + int(at[-1]) + int(length[-1])
+      end_bit = (first + int(word[-1])) * _WORD + int(hop[position[-1], word[-1]])
       if -(-end_bit // 8) != len(data):
         raise ValueError(f"{count} symbols end at bit {end_bit}, but the stream has {len(data)} bytes")
       return np.concatenate(out).astype(dtype, copy=False)

@@ -84,23 +84,22 @@ def test_round_trip_of_a_stream_spanning_several_chunks():
 
 
 @pytest.mark.parametrize("shortest", [1, 2, 3, 4, 5, 8, 9, 16, 17])
-def test_decode_needs_fewer_doubling_rounds_only_as_codes_get_longer(shortest):
-  """Words packed as full as the shortest code allows: 32, 16, 8, 4, 2 codewords are the rounds' limits."""
+def test_decode_walks_as_many_codewords_per_word_as_the_shortest_code_allows(shortest):
+  """Words packed as full as the shortest code allows: 32, 16, 11, 8, 7, 4, 4, 2, 2 codewords start in one."""
   lengths = np.array([shortest] * (2 ** shortest - 1) + [shortest + 1] * 2)  # A complete code.
   symbols = np.random.default_rng(shortest).integers(0, lengths.size, 5000)
   symbols[:1000] = 0  # 1000 shortest codes in a row: every word holds as many codewords as it can.
   data = huffman.encode(symbols, lengths)
-  rounds = huffman._doubling_rounds(lengths)
-  # 2**R hops must pass the most codewords one 32-bit word can start: ceil(32 / shortest).
-  assert rounds == {1: 5, 2: 4, 3: 4, 4: 3, 5: 3, 8: 2, 9: 2, 16: 1, 17: 1}[shortest]
+  steps = huffman._codewords_per_word(lengths)
+  assert steps == {1: 32, 2: 16, 3: 11, 4: 8, 5: 7, 8: 4, 9: 4, 16: 2, 17: 2}[shortest]
   np.testing.assert_array_equal(huffman.decode(data, lengths, symbols.size), symbols)
-  if rounds > 1:  # And no fewer will do: with one round less, decoding these full words fails or misreads.
-    with mock.patch.object(huffman, "_doubling_rounds", lambda _: rounds - 1):
-      try:
-        fewer = huffman.decode(data, lengths, symbols.size)
-      except (ValueError, IndexError):
-        fewer = None
-    assert fewer is None or not np.array_equal(fewer, symbols)
+  # And no fewer will do: walking one codeword less per word, decoding these full words fails or misreads.
+  with mock.patch.object(huffman, "_codewords_per_word", lambda _: steps - 1):
+    try:
+      fewer = huffman.decode(data, lengths, symbols.size)
+    except (ValueError, IndexError):
+      fewer = None
+  assert fewer is None or not np.array_equal(fewer, symbols)
 
 
 def test_one_symbol_stream_takes_one_bit_per_symbol():
@@ -182,3 +181,30 @@ def test_decoding_the_wrong_count_fails():
 def test_lengths_that_are_not_a_complete_code_are_rejected():
   with pytest.raises(ValueError, match="complete prefix code"):
     huffman.decode(b"\x00", np.array([1, 2]), 1)
+
+
+def packed_one_by_one(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
+  """The reference packing: each symbol's code appended as a string of bits, then cut into bytes."""
+  codes = huffman.codes(lengths)
+  bits = "".join(format(int(codes[s]), f"0{int(lengths[s])}b") for s in symbols)
+  bits += "0" * (-len(bits) % 8)
+  return bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+
+
+@pytest.mark.parametrize("size", [1, 2, 999, 1000])
+def test_encoding_symbols_in_pairs_gives_the_bits_of_one_at_a_time(size):
+  symbols = skewed_stream(size, 40, size)
+  lengths = huffman.code_lengths(np.bincount(symbols, minlength=40))
+  assert 2 * lengths.max() <= 32  # So that encode packs pairs (odd sizes: the last symbol alone).
+  assert huffman.encode(symbols, lengths) == packed_one_by_one(symbols, lengths)
+
+
+@pytest.mark.parametrize("n_symbols, scans", [(32, True), (33, False)])
+def test_codes_that_never_resynchronise_fall_back_to_the_exact_scan(n_symbols, scans):
+  """32 symbols of 5 bits each: a walk entering a word at another offset stays out of step forever."""
+  symbols = skewed_stream(1, n_symbols, 100_000) if not scans else np.random.default_rng(1).integers(0, 32, 100_000)
+  lengths = huffman.code_lengths(np.bincount(symbols, minlength=n_symbols))
+  data = huffman.encode(symbols, lengths)
+  with mock.patch.object(huffman, "_compose_scan", wraps=huffman._compose_scan) as scan:
+    np.testing.assert_array_equal(huffman.decode(data, lengths, symbols.size), symbols)
+  assert scan.called == scans
