@@ -6,9 +6,10 @@
   codeword, code i + 1 is centroid i), so a kept weight costs one byte, or half a byte when the
   k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart.
 - `sparse`: pruned fully connected kernels (2-D SharedKernels) run as CSR matrix products with
-  scipy.sparse through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU the sparse kernels of
-  `jax.experimental.sparse` were 3-13x slower than the dense product at batch 1 (bench/sparse_fc.py),
-  while scipy's CSR product is faster than dense below ~20-30% density.
+  scipy.sparse through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU at batch 1, the BCSR
+  and BCOO products of `jax.experimental.sparse` were 2-5x slower than the dense one at 9% kept,
+  while scipy's CSR product was 2.5-3.8x faster, and faster than dense up to 25-30% kept
+  (bench/sparse_fc.py, BENCHMARKS.md).
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
 """
