@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench.common import interleaved_medians  # noqa: E402
 from dc_jax import codec, inference  # noqa: E402
 from dc_jax.models import VGG, LeNet5, LeNet300100  # noqa: E402
-from dc_jax.share import SharedKernel  # noqa: E402
+from dc_jax.share import SharedKernel, is_shared  # noqa: E402
 
 _K = flags.DEFINE_integer("k", 13, "Clusters per layer.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per form and batch size (LeNets, VGG19 batch 1).")
@@ -68,7 +68,7 @@ def main(argv):
   k = _K.value
   for name, model, shape, kept in MODELS:
     variables, file_bytes = loaded(model, shape, kept, k, rng)
-    weights = sum(leaf.mask.size for leaf in jax.tree.leaves(variables, is_leaf=inference._is_kernel)
+    weights = sum(leaf.mask.size for leaf in jax.tree.leaves(variables, is_leaf=is_shared)
                   if isinstance(leaf, SharedKernel))
     forms = {"dense float32": inference.predictor(model, variables, "dense"),
              "codebook uint8": inference.predictor(model, variables, "codebook", nibbles=False),
