@@ -271,7 +271,7 @@ def _file(*records: tuple[tuple[str, ...], object]) -> bytes:
   """A file of these (path, leaf) records in this order, whatever the paths: CRCs right, content crafted."""
   header = codec._HEADER.pack(codec.MAGIC, codec.VERSION, len(records))
   content = (header + struct.pack("<I", zlib.crc32(header))
-             + b"".join(codec._framed(codec._record_body(keys, leaf, None)) for keys, leaf in records))
+             + b"".join(codec._framed(codec._record_body(keys, leaf, None, codec.VERSION)) for keys, leaf in records))
   return content + struct.pack("<I", zlib.crc32(content))
 
 
