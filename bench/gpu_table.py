@@ -64,7 +64,7 @@ def stage_seconds(results: dict[str, Any]) -> dict[str, float]:
 
 def estimate(config) -> None:
   """The projected wall time on one H200, from FLOPs counted here and the CPU's compile time."""
-  model = models.create_model(config.model, 10)
+  model = models.create_model(num_classes=10, **config.model)
   tx = train.create_optimizer(config.train, 100)
   state = train.create_train_state(jax.random.key(0), model, (32, 32, 3), tx)
   batch = {"image": jnp.zeros((config.train.batch_size, 32, 32, 3)),

@@ -33,8 +33,8 @@ CONFIGS = {"lenet300": lenet300, "vgg19_narrow": vgg19_narrow}
 def contenders(name: str, steps: int, dispatch: tuple[int, ...]) -> dict:
   """{contender: a function that trains `steps` steps from the same initial state}."""
   config = CONFIGS[name].get_config()
-  dataset = data.load(config.data)
-  model = models.create_model(config.model, dataset.num_classes)
+  dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
+  model = models.create_model(num_classes=dataset.num_classes, **config.model)
   tx = train.create_optimizer(config.train, train.steps_in_epoch(dataset, config.train))
   initial = train.place(train.create_train_state(jax.random.key(0), model, dataset.image_shape, tx), train.data_mesh())
   augmentation = data.Augmentation.from_config(config.data)
@@ -70,8 +70,8 @@ def contenders(name: str, steps: int, dispatch: tuple[int, ...]) -> dict:
 def fit_epochs(name: str, repeats: int) -> None:
   """One whole epoch of `train.fit` per pipeline, interleaved, into fresh checkpoint folders."""
   config = CONFIGS[name].get_config()
-  dataset = data.load(config.data)
-  model = models.create_model(config.model, dataset.num_classes)
+  dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
+  model = models.create_model(num_classes=dataset.num_classes, **config.model)
   train_config = config.train.copy_and_resolve_references()
   train_config.epochs = 1
   tx = train.create_optimizer(train_config, train.steps_in_epoch(dataset, train_config))

@@ -64,7 +64,7 @@ def measure(fn: Callable[[], Any]) -> dict[str, float]:
 def pruned_variables() -> tuple[Any, Any, Any]:
   """(params, masks, batch_stats) of the config's model, initialised under jit, pruned as its last round would."""
   config = _CONFIG.value
-  model = models.create_model(config.model, 10)
+  model = models.create_model(num_classes=10, **config.model)
   shape = (1, *models.INPUT_SHAPES[config.model.name])
   variables = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros(shape, jnp.float32))
   plan = experiment.pruning_plan(config.prune)

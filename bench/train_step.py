@@ -27,7 +27,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   image_shape = models.INPUT_SHAPES[config.model.name]
-  model = models.create_model(config.model, 10)
+  model = models.create_model(num_classes=10, **config.model)
   tx = train.create_optimizer(config.train, steps_per_epoch=100)
   state = train.create_train_state(jax.random.key(0), model, image_shape, tx)
   rng = np.random.default_rng(0)

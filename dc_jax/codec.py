@@ -447,7 +447,7 @@ def encode(variables: Any, index_bits: IndexBits = 5) -> tuple[bytes, Summary]:
             "compress_rate_pq": 32 * weights / pq_bits if pq_bits else math.inf,
             "compress_rate_pqh": 32 * weights / pqh_bits if pqh_bits else math.inf,
             "raw_bytes": raw_bytes, "dense_bytes": dense_bytes, "file_bytes": file_bytes,
-            "compression": dense_bytes / file_bytes}
+            "compression_ratio": dense_bytes / file_bytes}
   return content, Summary(layers, totals)
 
 

@@ -54,18 +54,18 @@ class Dataset:
     return tuple(self.train_images.shape[1:])
 
 
-def load(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads `config.name` from `config.path`, from $DC_JAX_DATA_DIR, or else through TFDS."""
-  if config.name not in DATASETS:
-    raise DataError(f"data.name={config.name!r} is not a dataset; valid: {', '.join(DATASETS)}")
-  path = _local_path(config.name, config.path)
-  if path is not None:
-    arrays = _read_local(path)
-    source = str(path)
+def load(name: str, path: str = "", tfds_dir: str = "") -> Dataset:
+  """Loads dataset `name` from `path` (a .npz or IDX folder), from $DC_JAX_DATA_DIR, or else through TFDS."""
+  if name not in DATASETS:
+    raise DataError(f"data.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}")
+  local = _local_path(name, path)
+  if local is not None:
+    arrays = _read_local(local)
+    source = str(local)
   else:
-    arrays = _read_tfds(config.name, config.tfds_dir or None)
+    arrays = _read_tfds(name, tfds_dir or None)
     source = "tfds"
-  return _make_dataset(config.name, arrays, source)
+  return _make_dataset(name, arrays, source)
 
 
 def _local_path(name: str, path: str) -> Path | None:

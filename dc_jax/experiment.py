@@ -96,8 +96,10 @@ class Experiment:
   seed: int
   stages: tuple[str, ...]
   start_from: str
-  data: ml_collections.ConfigDict  # data.load's source.
-  model: ml_collections.ConfigDict  # models.create_model's settings.
+  dataset: str  # data.load's arguments: the name, a local file or folder, TFDS's data_dir.
+  data_path: str
+  tfds_dir: str
+  model: dict[str, Any]  # models.create_model's keywords, name included.
   augmentation: data.Augmentation | None
   input_pipeline: str
   dense: TrainSpec  # The baseline's training.
@@ -119,8 +121,9 @@ class Experiment:
     distributed.check_config(config.distributed)
     check_stages(config.stages)
     experiment = cls(
-        seed=config.seed, stages=tuple(config.stages), start_from=config.start_from, data=config.data,
-        model=config.model, augmentation=data.Augmentation.from_config(config.data),
+        seed=config.seed, stages=tuple(config.stages), start_from=config.start_from, dataset=config.data.name,
+        data_path=config.data.path, tfds_dir=config.data.tfds_dir, model=config.model.to_dict(),
+        augmentation=data.Augmentation.from_config(config.data),
         input_pipeline=config.data.pipeline, dense=TrainSpec.from_config(config.train), retrain=_retrain(config),
         finetune=_finetune(config), pruning=pruning_plan(config.prune), sharing=sharing_plan(config.share, config.seed),
         sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
@@ -175,8 +178,8 @@ def check_stages(stages: tuple[str, ...]) -> None:
 
 def _check_against_the_model(experiment: Experiment) -> None:
   """The plans' patterns against the model's parameter paths, and what the stages need of each other."""
-  model = models.create_model(experiment.model, 10)
-  shape = (1, *models.INPUT_SHAPES[experiment.model.name])
+  model = models.create_model(num_classes=10, **experiment.model)
+  shape = (1, *models.INPUT_SHAPES[experiment.model["name"]])
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
   sensitivity = experiment.sensitivity
   if "pruned" in experiment.stages:

@@ -56,11 +56,11 @@ def record(workdir: Path, keys: tuple[str, ...], entry: Any) -> dict[str, Any]:
   return json.loads(path.read_text())
 
 
-def check_compatible(model_config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:
+def check_compatible(model_name: str, dataset: data.Dataset) -> None:
   """Fails before any compute when the data's images do not fit the model."""
-  expected = models.INPUT_SHAPES[model_config.name]
+  expected = models.INPUT_SHAPES[model_name]
   if dataset.image_shape != expected:
-    raise DataError(f"model.name={model_config.name!r} takes {expected} images; "
+    raise DataError(f"model.name={model_name!r} takes {expected} images; "
                     f"data.name={dataset.name!r} has {dataset.image_shape}")
 
 
@@ -108,7 +108,7 @@ def summary(experiment: Experiment, dataset: data.Dataset, model: nn.Module, wor
   params = train.count_params(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"])
   devices = jax.devices()
   return (f"{command or 'dc_jax run'}\n"
-          f"  model {experiment.model.name} ({params:,} parameters, {experiment.model.dtype} compute) on "
+          f"  model {experiment.model['name']} ({params:,} parameters, {experiment.model['dtype']} compute) on "
           f"{dataset.name}: "
           f"{dataset.train_images.shape[0]:,} training and {dataset.test_images.shape[0]:,} test images\n"
           f"  devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
@@ -261,8 +261,9 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
       "test_examples": test["examples"],
       "file": path.name,
       "file_bytes": summary.totals["file_bytes"],
+      "size_bytes": summary.totals["file_bytes"],
       "dense_bytes": summary.totals["dense_bytes"],
-      "compression_ratio": summary.totals["compression"],
+      "compression_ratio": summary.totals["compression_ratio"],
       "layers": summary.layers,
       "totals": summary.totals,
       "seconds": time.perf_counter() - start,
@@ -271,9 +272,9 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
 
 def evaluate_file(config: ml_collections.ConfigDict, path: str | Path) -> dict[str, float]:
   """Test accuracy of a compressed model file, for the config's model and data."""
-  dataset = data.load(config.data)
-  check_compatible(config.model, dataset)
-  model = models.create_model(config.model, dataset.num_classes)
+  dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
+  check_compatible(config.model.name, dataset)
+  model = models.create_model(num_classes=dataset.num_classes, **config.model)
   variables = codec.read(path)
   expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *dataset.image_shape))))
   found = _shapes({"params": share.materialize(variables.get("params", {})),
@@ -475,9 +476,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   workdir = Path(workdir)
   experiment = check_config(config)
   check_workdir(config, workdir)
-  dataset = data.load(experiment.data)
-  check_compatible(experiment.model, dataset)
-  model = models.create_model(experiment.model, dataset.num_classes)
+  dataset = data.load(experiment.dataset, experiment.data_path, experiment.tfds_dir)
+  check_compatible(experiment.model["name"], dataset)
+  model = models.create_model(num_classes=dataset.num_classes, **experiment.model)
   workdir.mkdir(parents=True, exist_ok=True)
   if distributed.is_primary():
     for stale in workdir.glob(".*.tmp"):  # Left by a run killed while writing a file.
@@ -495,6 +496,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
       "params": train.count_params(dense.params),
+      "size_bytes": 4 * (train.count_params(dense.params) + train.count_params(dense.batch_stats)),  # As float32.
       "steps": int(dense.step),
       "seconds": time.perf_counter() - start,
       **({"start_from": experiment.start_from} if experiment.start_from else {}),
@@ -515,9 +517,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
         "test_accuracy": rounds[-1]["test_accuracy"],
         "test_examples": test["examples"],
         "kept_fraction": totals["kept_fraction"],
-        "compression": totals["compression"],
-        "weights": totals["total"],
-        "kept_weights": totals["kept"],
+        "compression_ratio": totals["compression_ratio"],
+        "weights": totals["weights"],
+        "kept": totals["kept"],
         "layers": layers,
         "rounds": rounds,
         "seconds": time.perf_counter() - start,
@@ -543,7 +545,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   if distributed.is_primary():
     shown = reported(results, experiment.stages)
     figures = make_figures(workdir, experiment, shown, dense, pruned, shared)
-    path = report.write_report(workdir, shown, experiment.model.name, command, figures)
+    path = report.write_report(workdir, shown, experiment.model["name"], command, figures)
     logging.info("report: %s", path)
   return results
 

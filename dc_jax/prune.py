@@ -278,8 +278,8 @@ def report(masks: Masks,
   for (path, m), chosen in zip(jax.tree_util.tree_flatten_with_path(masks)[0], selected):
     if chosen:
       total, kept = int(np.size(m)), int(np.sum(m))
-      layers.append({"layer": rules.path_name(path), "total": total, "kept": kept, "kept_fraction": kept / total})
-  total, kept = sum(r["total"] for r in layers), sum(r["kept"] for r in layers)
-  totals = {"total": total, "kept": kept, "kept_fraction": kept / total,
-            "compression": total / kept if kept else math.inf}
+      layers.append({"layer": rules.path_name(path), "weights": total, "kept": kept, "kept_fraction": kept / total})
+  total, kept = sum(r["weights"] for r in layers), sum(r["kept"] for r in layers)
+  totals = {"weights": total, "kept": kept, "kept_fraction": kept / total,
+            "compression_ratio": total / kept if kept else math.inf}
   return layers, totals

@@ -43,18 +43,18 @@ def _seconds(value: float | None) -> str:
 
 
 def stage_table(results: dict[str, Any]) -> str:
-  """Accuracy, error and size after each stage that ran, and the wall time it took in the run that wrote it."""
-  stages = results["stages"]
-  dense_bytes = stages["encoded"]["dense_bytes"] if "encoded" in stages else 4 * stages["baseline"]["params"]
+  """Accuracy, error and size after each stage that ran, and the wall time it took in the run that wrote it.
+
+  Every stage's entry uses the same names: `kept_fraction`, `size_bytes` (the
+  dense float32 variables, or the file) and `compression_ratio`, where it has them.
+  """
   rows = ["| stage | test accuracy | error | weights kept | size | ratio | time |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
-  for name, entry in stages.items():
-    kept = entry.get("kept_fraction") if name == "pruned" else None
-    size = entry.get("file_bytes") if name == "encoded" else (dense_bytes if name == "baseline" else None)
-    ratio = entry.get("compression_ratio") if name == "encoded" else (entry.get("compression") if kept else None)
+  for name, entry in results["stages"].items():
+    size = entry.get("size_bytes")
     rows.append(f"| {name} | {_percent(entry['test_accuracy'])} | {_percent(1 - entry['test_accuracy'])} | "
-                f"{_percent(kept)} | {'' if size is None else f'{size:,} B'} | {_ratio(ratio)} | "
-                f"{_seconds(entry.get('seconds'))} |")
+                f"{_percent(entry.get('kept_fraction'))} | {'' if size is None else f'{size:,} B'} | "
+                f"{_ratio(entry.get('compression_ratio'))} | {_seconds(entry.get('seconds'))} |")
   return "\n".join(rows)
 
 
@@ -64,7 +64,7 @@ def sweep_table(results: dict[str, Any], with_original: bool) -> str:
   columns = ["Original", "Pruned", *(f"k={entry['k']}" for entry in sweep.values())]
   ours = [stages["baseline"]["test_accuracy"], stages["pruned"]["test_accuracy"],
           *(entry["test_accuracy"] for entry in sweep.values())]
-  sizes = ["", _ratio(stages["pruned"]["compression"]), *(_ratio(e["compression_ratio"]) for e in sweep.values())]
+  sizes = ["", _ratio(stages["pruned"]["compression_ratio"]), *(_ratio(e["compression_ratio"]) for e in sweep.values())]
   original = [f"{ORIGINAL_TABLE[c]:.2f}%" if c in ORIGINAL_TABLE else "" for c in columns]
   rows = [f"| | {' | '.join(columns)} |", f"| --- |{' --- |' * len(columns)}",
           f"| this run, top-1 | {' | '.join(_percent(a) for a in ours)} |",
@@ -118,9 +118,9 @@ def pruning_text(layers: list[dict[str, Any]], totals: dict[str, Any]) -> str:
   """The paper's "Weights% (P)" column, per layer and in total."""
   lines = [f"{'layer':<20}{'weights':>12}{'kept':>12}{'kept %':>9}"]
   for row in layers:
-    lines.append(f"{row['layer']:<20}{row['total']:>12,}{row['kept']:>12,}{row['kept_fraction']:>9.2%}")
-  lines.append(f"{'total':<20}{totals['total']:>12,}{totals['kept']:>12,}{totals['kept_fraction']:>9.2%}"
-               f"  ({totals['compression']:.1f}x)")
+    lines.append(f"{row['layer']:<20}{row['weights']:>12,}{row['kept']:>12,}{row['kept_fraction']:>9.2%}")
+  lines.append(f"{'total':<20}{totals['weights']:>12,}{totals['kept']:>12,}{totals['kept_fraction']:>9.2%}"
+               f"  ({totals['compression_ratio']:.1f}x)")
   return "\n".join(lines)
 
 
@@ -142,7 +142,7 @@ def coding_text(layers: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str
   lines.append(f"{'total':<24}{t['weights']:>11,}{t['kept_fraction']:>8.1%}{'':>48}"
                f"{t['compress_rate_pq']:>8.1f}x{t['compress_rate_pqh']:>8.1f}x")
   lines.append(f"file {t['file_bytes']:,} bytes; dense float32 {t['dense_bytes']:,} bytes: "
-               f"{t['compression']:.1f}x smaller")
+               f"{t['compression_ratio']:.1f}x smaller")
   return "\n".join(lines)
 
 

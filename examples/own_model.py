@@ -14,7 +14,6 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from dc_jax import codec, data, prune, share
@@ -56,7 +55,7 @@ def main() -> None:
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--out", type=Path, default=Path("runs/own_model/mlp.dcz"))  # runs/ is git-ignored.
   args = parser.parse_args()
-  dataset = data.load(ml_collections.ConfigDict({"name": "mnist", "path": "", "tfds_dir": ""}))
+  dataset = data.load("mnist")
   model = MLP()
 
   def loss(params, images, labels):
@@ -88,7 +87,7 @@ def main() -> None:
   args.out.parent.mkdir(parents=True, exist_ok=True)
   summary = codec.write(args.out, {"params": shared})
   restored = codec.read(args.out)["params"]
-  print(f"{args.out}: {summary.totals['file_bytes']:,} bytes, {summary.totals['compression']:.1f}x smaller "
+  print(f"{args.out}: {summary.totals['file_bytes']:,} bytes, {summary.totals['compression_ratio']:.1f}x smaller "
         f"than float32; from the file: {accuracy(model, share.materialize(restored), dataset):.4f}")
 
 

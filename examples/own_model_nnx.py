@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 
@@ -58,7 +57,7 @@ def main() -> None:
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--out", type=Path, default=Path("runs/own_model/mlp_nnx.dcz"))  # runs/ is git-ignored.
   args = parser.parse_args()
-  dataset = data.load(ml_collections.ConfigDict({"name": "mnist", "path": "", "tfds_dir": ""}))
+  dataset = data.load("mnist")
   model = MLP(nnx.Rngs(0))
   apply = flax_trees.apply_fn(model)  # apply(params, x): the module run on a pure dict of parameters.
 
@@ -86,7 +85,7 @@ def main() -> None:
   args.out.parent.mkdir(parents=True, exist_ok=True)
   summary = codec.write(args.out, {"params": shared}, index_bits=0)
   restored = flax_trees.load(MLP(nnx.Rngs(1)), codec.read(args.out)["params"])
-  print(f"{args.out}: {summary.totals['file_bytes']:,} bytes, {summary.totals['compression']:.1f}x smaller "
+  print(f"{args.out}: {summary.totals['file_bytes']:,} bytes, {summary.totals['compression_ratio']:.1f}x smaller "
         f"than float32; from the file: {accuracy(restored, dataset):.4f}")
 
 

@@ -157,7 +157,7 @@ def test_summary_totals_are_json_and_match_the_file(model_file, tmp_path):
   json.loads(json.dumps(summary._asdict()))
   totals = summary.totals
   assert totals["file_bytes"] == os.path.getsize(tmp_path / "again.dcz") == os.path.getsize(model_file)
-  assert totals["compression"] == pytest.approx(totals["dense_bytes"] / totals["file_bytes"])
+  assert totals["compression_ratio"] == pytest.approx(totals["dense_bytes"] / totals["file_bytes"])
 
 
 def test_dense_bytes_count_kernels_as_float32_and_raw_leaves_as_stored(tmp_path):
@@ -278,9 +278,9 @@ def test_compression_of_a_lenet_like_tree_is_what_huffman_coding_both_streams_gi
           "ip2": {"kernel": shared_kernel(1, (300, 100), 32, 0.09), "bias": np.zeros(100, np.float32)}}
   totals = codec.write(tmp_path / "m.dcz", tree, 5).totals
   assert totals["file_bytes"] == (tmp_path / "m.dcz").stat().st_size
-  assert totals["compression"] == pytest.approx(totals["dense_bytes"] / totals["file_bytes"])
+  assert totals["compression_ratio"] == pytest.approx(totals["dense_bytes"] / totals["file_bytes"])
   # Seeded weights, so the ratio is known: 1,062,400 bytes dense, 28,870 in the file (36.8x).
-  assert totals["compression"] == pytest.approx(36.8, abs=0.5)
+  assert totals["compression_ratio"] == pytest.approx(36.8, abs=0.5)
   assert totals["compress_rate_pq"] == pytest.approx(33.06, abs=0.1)  # 5-bit fields + 5-bit cluster codes.
   assert totals["compress_rate_pqh"] > totals["compress_rate_pq"] + 5  # What Huffman coding adds.
 

@@ -71,9 +71,9 @@ def test_auto_uses_patches_on_cpu_only_for_tiny_maps_and_large_wide_ones():
 def test_create_model_reads_conv_impl_with_auto_as_default():
   config = base.get_config().model
   config.name = "vgg"
-  assert models.create_model(config, 10).conv_impl == "auto"
+  assert models.create_model(num_classes=10, **config).conv_impl == "auto"
   config.conv_impl = "patches"
-  assert models.create_model(config, 10).conv_impl == "patches"
+  assert models.create_model(num_classes=10, **config).conv_impl == "patches"
 
 
 def test_unknown_conv_impl_is_a_config_error():

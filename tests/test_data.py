@@ -7,23 +7,15 @@ import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from ml_collections import ConfigDict
 
-from configs import base
 from dc_jax import data
 from dc_jax.errors import DataError
 from tests.conftest import require_data, synthetic_dataset
 
 
-def _data_config(**overrides) -> ConfigDict:
-  config = base.get_config().data
-  config.update(overrides)
-  return config
-
-
 def test_npz_path_reads_the_real_mnist(shared_data_dir, monkeypatch):
   monkeypatch.setenv(data.DATA_DIR_ENV, str(shared_data_dir))
-  dataset = data.load(_data_config(name="mnist"))
+  dataset = data.load("mnist")
   chex.assert_shape(dataset.train_images, (60000, 28, 28, 1))
   chex.assert_shape(dataset.test_labels, (10000,))
   assert dataset.train_images.dtype == np.uint8
@@ -35,7 +27,7 @@ def test_npz_path_reads_the_real_mnist(shared_data_dir, monkeypatch):
 
 def test_config_path_reads_the_real_cifar10_and_overrides_the_env(shared_data_dir, monkeypatch, tmp_path):
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # Holds nothing: data.path must win.
-  dataset = data.load(_data_config(name="cifar10", path=str(require_data(shared_data_dir / "cifar10.npz"))))
+  dataset = data.load("cifar10", path=str(require_data(shared_data_dir / "cifar10.npz")))
   chex.assert_shape(dataset.train_images, (50000, 32, 32, 3))
   np.testing.assert_allclose(dataset.mean, [0.4914, 0.4822, 0.4465], atol=1e-4)
   np.testing.assert_allclose(dataset.std, [0.2470, 0.2435, 0.2616], atol=1e-4)
@@ -55,7 +47,7 @@ def test_idx_folder_reads_like_debians_fashion_mnist(tmp_path):
             "t10k-labels-idx1-ubyte": rng.integers(0, 10, 5)}
   for stem, array in arrays.items():
     _write_idx(tmp_path / f"{stem}.gz", array)
-  dataset = data.load(_data_config(name="fashion_mnist", path=str(tmp_path)))
+  dataset = data.load("fashion_mnist", path=str(tmp_path))
   np.testing.assert_array_equal(dataset.train_images[..., 0], arrays["train-images-idx3-ubyte"])
   np.testing.assert_array_equal(dataset.test_labels, arrays["t10k-labels-idx1-ubyte"])
 
@@ -64,7 +56,7 @@ def test_tfds_path_under_mock_data(monkeypatch):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   monkeypatch.setattr(data, "_reachable", lambda *_: True)  # mock_data replaces the download.
   with tfds.testing.mock_data(num_examples=24):
-    dataset = data.load(_data_config(name="mnist"))
+    dataset = data.load("mnist")
   chex.assert_shape(dataset.train_images, (24, 28, 28, 1))
   chex.assert_shape(dataset.test_images, (24, 28, 28, 1))
   assert dataset.train_labels.dtype == np.int32
@@ -81,7 +73,7 @@ def test_offline_tfds_fails_within_seconds_saying_how_to_provide_data(monkeypatc
                       connect(address, timeout, **kwargs))
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: downloads.append(a))
   with pytest.raises(DataError, match="DC_JAX_DATA_DIR"):
-    data.load(_data_config(name="mnist", tfds_dir=str(tmp_path)))
+    data.load("mnist", tfds_dir=str(tmp_path))
   # One connection attempt of at most 3 s, and no download started (TFDS retries for minutes): bounded by
   # attempts, not by seconds, which a loaded machine can stretch.
   assert connections == [(("127.0.0.1", 9), 3.0)]
@@ -90,12 +82,12 @@ def test_offline_tfds_fails_within_seconds_saying_how_to_provide_data(monkeypatc
 
 def test_missing_path_is_a_data_error():
   with pytest.raises(DataError, match="does-not-exist.npz"):
-    data.load(_data_config(path="/does-not-exist.npz"))
+    data.load("mnist", path="/does-not-exist.npz")
 
 
 def test_unknown_dataset_is_a_data_error():
   with pytest.raises(DataError, match="data.name='svhn'"):
-    data.load(_data_config(name="svhn"))
+    data.load("svhn")
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -116,14 +108,14 @@ def test_malformed_npz_is_a_data_error_naming_the_problem(tmp_path, arrays, mess
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
   with pytest.raises(DataError, match=message):
-    data.load(_data_config(name="mnist", path=str(path)))
+    data.load("mnist", path=str(path))
 
 
 def test_a_file_that_is_not_npz_is_a_data_error(tmp_path):
   path = tmp_path / "mnist.npz"
   path.write_bytes(b"not a zip archive")
   with pytest.raises(DataError, match="not a readable .npz"):
-    data.load(_data_config(name="mnist", path=str(path)))
+    data.load("mnist", path=str(path))
 
 
 def test_augmentation_is_deterministic_for_a_seed_and_keeps_shapes():

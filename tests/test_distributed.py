@@ -42,9 +42,7 @@ def _config(**overrides):
 
 def _mnist_slice(data_dir: str) -> data.Dataset:
   """256 training and 100 test images of the real MNIST (statistics of the full training set)."""
-  config = base.get_config().data
-  config.path = str(Path(data_dir) / "mnist.npz")
-  full = data.load(config)
+  full = data.load("mnist", str(Path(data_dir) / "mnist.npz"))
   return dataclasses.replace(full, train_images=full.train_images[:256], train_labels=full.train_labels[:256],
                              test_images=full.test_images[:100], test_labels=full.test_labels[:100])
 

@@ -36,13 +36,13 @@ def _random_variables(model, image_shape):
 ])
 def test_parameter_counts_match_the_papers(config_module, expected):
   config = config_module.get_config()
-  model = models.create_model(config.model, 10)
+  model = models.create_model(num_classes=10, **config.model)
   variables = _abstract_variables(model, models.INPUT_SHAPES[config.model.name])
   assert train.count_params(variables["params"]) == expected
 
 
 def test_lenet_layers_carry_the_papers_names():
-  model = models.create_model(lenet5.get_config().model, 10)
+  model = models.create_model(num_classes=10, **lenet5.get_config().model)
   variables = _abstract_variables(model, (28, 28, 1))
   chex.assert_shape(variables["params"]["conv1"]["kernel"], (5, 5, 1, 20))
   chex.assert_shape(variables["params"]["conv2"]["kernel"], (5, 5, 20, 50))
@@ -82,7 +82,7 @@ def test_unknown_model_name_is_a_config_error():
   config = base.get_config().model
   config.name = "resnet"
   with pytest.raises(ConfigError, match="model.name='resnet'"):
-    models.create_model(config, 10)
+    models.create_model(num_classes=10, **config)
 
 
 def test_unknown_vgg_depth_is_a_config_error():
@@ -96,9 +96,9 @@ def _model_pair(name: str, **fields):
   config.name = name
   config.update(fields)
   config.dtype = "bfloat16"
-  low = models.create_model(config, 10)
+  low = models.create_model(num_classes=10, **config)
   config.dtype = "float32"
-  return models.create_model(config, 10), low
+  return models.create_model(num_classes=10, **config), low
 
 
 @pytest.mark.parametrize("name, fields", [
@@ -147,4 +147,4 @@ def test_unknown_compute_dtype_is_a_config_error():
   config = base.get_config().model
   config.dtype = "float16"
   with pytest.raises(ConfigError, match="model.dtype='float16'.*bfloat16"):
-    models.create_model(config, 10)
+    models.create_model(num_classes=10, **config)

@@ -278,11 +278,11 @@ def test_report_counts_lenet300_100_as_in_the_paper(lenet):
   # Han et al. 2015, Table 2: ip1 keeps 8%, ip2 9%, ip3 26%: about 12x.
   masks = prune.layer_fraction(lenet, [("ip1/.*", 0.08), ("ip2/.*", 0.09), ("ip3/.*", 0.26)])
   layers, totals = prune.report(masks)
-  assert [(r["layer"], r["total"], r["kept"]) for r in layers] == [
+  assert [(r["layer"], r["weights"], r["kept"]) for r in layers] == [
       ("ip1/kernel", 235200, 18816), ("ip2/kernel", 30000, 2700), ("ip3/kernel", 1000, 260)]
-  assert totals == {"total": 266200, "kept": 21776, "kept_fraction": 21776 / 266200,
-                    "compression": 266200 / 21776}
-  assert round(totals["compression"]) == 12
+  assert totals == {"weights": 266200, "kept": 21776, "kept_fraction": 21776 / 266200,
+                    "compression_ratio": 266200 / 21776}
+  assert round(totals["compression_ratio"]) == 12
   assert json.loads(json.dumps({"layers": layers, "totals": totals}))["totals"] == totals
 
 

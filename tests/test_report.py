@@ -16,10 +16,10 @@ def _results():
   totals = {"weights": 235_200, "kept_fraction": 0.07, "compress_rate_pq": 30.0, "compress_rate_pqh": 48.6}
   return {
       "stages": {
-          "baseline": {"test_accuracy": 0.9897, "params": 266_610, "seconds": 98.04},
-          "pruned": {"test_accuracy": 0.9888, "kept_fraction": 0.0729, "compression": 13.7},
+          "baseline": {"test_accuracy": 0.9897, "params": 266_610, "size_bytes": 1_066_440, "seconds": 98.04},
+          "pruned": {"test_accuracy": 0.9888, "kept_fraction": 0.0729, "compression_ratio": 13.7},
           "shared": {"test_accuracy": 0.9894},
-          "encoded": {"test_accuracy": 0.9894, "file_bytes": 25_978, "dense_bytes": 1_066_440,
+          "encoded": {"test_accuracy": 0.9894, "file_bytes": 25_978, "size_bytes": 25_978, "dense_bytes": 1_066_440,
                       "compression_ratio": 41.05, "layers": [layer], "totals": totals},
       },
       "sweep": {"k=4": {"k": 4, "test_accuracy": 0.95, "file_bytes": 15_000, "compression_ratio": 71.1},
@@ -93,8 +93,8 @@ def test_log_tables_show_every_layer_and_the_totals(tmp_path):
   coding = report.coding_text(summary.layers, summary.totals)
   assert all(row["layer"] in coding for row in summary.layers) and "(P+Q+H)" in coding
   assert f"file {summary.totals['file_bytes']:,} bytes" in coding
-  pruning = report.pruning_text([{"layer": "ip1/kernel", "total": 1000, "kept": 70, "kept_fraction": 0.07}],
-                                {"total": 1000, "kept": 70, "kept_fraction": 0.07, "compression": 1000 / 70})
+  pruning = report.pruning_text([{"layer": "ip1/kernel", "weights": 1000, "kept": 70, "kept_fraction": 0.07}],
+                                {"weights": 1000, "kept": 70, "kept_fraction": 0.07, "compression_ratio": 1000 / 70})
   assert "ip1/kernel" in pruning and "7.00%" in pruning and "(14.3x)" in pruning
   sharing = report.sharing_text([{"layer": "ip1/kernel", "kept": 70, "k": 16, "clusters": 16, "iterations": 9,
                                   "inertia": 0.5}])

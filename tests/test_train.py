@@ -113,7 +113,7 @@ def test_resumed_training_continues_at_the_saved_step_and_matches_an_uninterrupt
   config = tiny.get_config()
   config.train.lr_schedule = "constant"
   dataset = synthetic_dataset("cifar10", n_train=64, n_test=32)
-  model = models.create_model(config.model, 10)
+  model = models.create_model(num_classes=10, **config.model)
   initial = _state(model, dataset.image_shape, config.train, steps_per_epoch=3)
   fresh = lambda: initial  # One optimizer object: jit compiles each step function once.
   run = lambda epochs, folder: train.fit(

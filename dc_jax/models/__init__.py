@@ -1,8 +1,9 @@
 """The networks of Deep Compression and of the PyTorch original, as plain flax.linen modules."""
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from dc_jax.errors import ConfigError
 from dc_jax.models.lenet import LeNet5, LeNet300100
@@ -29,21 +30,20 @@ def compute_dtype(name: str) -> type:
   return COMPUTE_DTYPES[name]
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """Builds the module named by `config.name` with the fields that apply to it."""
-  dtype = compute_dtype(config.dtype)
-  if config.name == "vgg":
-    return VGG(
-        depth=config.depth,
-        width=config.width,
-        classifier_widths=tuple(config.classifier_widths),
-        dropout_rate=config.dropout,
-        num_classes=num_classes,
-        conv_impl=config.conv_impl,
-        dtype=dtype,
-    )
-  if config.name == "lenet300_100":
-    return LeNet300100(num_classes=num_classes, dtype=dtype)
-  if config.name == "lenet5":
-    return LeNet5(num_classes=num_classes, dtype=dtype)
-  raise ConfigError(f"model.name={config.name!r} is not a model; valid: {', '.join(MODEL_NAMES)}")
+def create_model(name: str, num_classes: int, *, depth: int = 19, width: float = 1.0,
+                 classifier_widths: Sequence[int] = (4096, 4096), dropout: float = 0.5, conv_impl: str = "auto",
+                 dtype: str = "float32") -> nn.Module:
+  """Builds the module `name` with the settings that apply to it (the VGG ones are ignored for the LeNets).
+
+  The keywords are the `model.*` fields, so a config builds one with
+  `create_model(num_classes=10, **config.model)`.
+  """
+  compute = compute_dtype(dtype)
+  if name == "vgg":
+    return VGG(depth=depth, width=width, classifier_widths=tuple(classifier_widths), dropout_rate=dropout,
+               num_classes=num_classes, conv_impl=conv_impl, dtype=compute)
+  if name == "lenet300_100":
+    return LeNet300100(num_classes=num_classes, dtype=compute)
+  if name == "lenet5":
+    return LeNet5(num_classes=num_classes, dtype=compute)
+  raise ConfigError(f"model.name={name!r} is not a model; valid: {', '.join(MODEL_NAMES)}")
