@@ -311,11 +311,10 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   manager = checkpoint_manager(checkpoint_dir)
   state = restore_latest(manager, place(state, mesh, config.param_sharding))
   dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
-  if device_data.resolve(input_pipeline, dataset, list(mesh.devices.flat)) == "device":
-    run_epoch = functools.partial(device_epoch, device_data.put(dataset, mesh))
-  else:
-    run_epoch = host_epoch
   first_epoch = int(state.step) // steps
+  run_epoch = host_epoch
+  if first_epoch < config.epochs and device_data.resolve(input_pipeline, dataset, list(mesh.devices.flat)) == "device":
+    run_epoch = functools.partial(device_epoch, device_data.put(dataset, mesh))  # Copied only to train.
   stage = _stage_name(checkpoint_dir, metrics_path.parent)
   writer = events.ScalarWriter(metrics_path.parent / "tensorboard") if distributed.is_primary() else None
   log = progress.Progress(stage, config.epochs, first_epoch, steps, config.batch_size,
