@@ -6,6 +6,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,24 @@ class _OrbaxErrors(logging.Filter):
     return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
+def _quiet_orbax_threads() -> None:
+  """Drops what orbax's other writer threads report of the same failed write while the run ends.
+
+  They raise, or fail to hand their results to an event loop that is already
+  closed, and the standard library logs that with a traceback each.
+  """
+  for name in ("concurrent.futures", "asyncio"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+  previous = threading.excepthook
+
+  def hook(args: threading.ExceptHookArgs) -> None:
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+    if not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames):
+      previous(args)
+
+  threading.excepthook = hook
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves `state` as checkpoint `step` and waits for it: a failed write stops the run at once, in one line.
 
@@ -85,10 +105,11 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> No
   except Exception as e:  # pylint: disable=broad-except  (re-raised unless the OS refused a write)
     error = write_error(folder / str(step), "the checkpoint", e)
     if error is None:
+      logger.removeFilter(quiet)
       raise
     if distributed.is_primary():
       for partial in [*folder.glob(f"{step}.orbax-checkpoint-tmp*"), folder / str(step)]:
         shutil.rmtree(partial, ignore_errors=True)
+    _quiet_orbax_threads()  # The filter stays too: the run ends with the one line that says it.
     raise error from e
-  finally:
-    logger.removeFilter(quiet)
+  logger.removeFilter(quiet)
