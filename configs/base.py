@@ -70,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.learning_rate = 0.005  # Retraining rate, about 1/10 of training's (Han et al.).
   config.prune.lr_schedule = "cosine"  # Restarts each round.
 
+  config.distill = ml_collections.ConfigDict()
+  config.distill.weight = 0.0  # Retraining and fine-tuning also learn the dense model's soft targets: this share of the loss.
+  config.distill.temperature = 4.0  # Softens both models' logits (Hinton et al. 2015); the soft loss is scaled by its square.
+
   config.share = ml_collections.ConfigDict()
   config.share.k = 13  # Clusters in every shared layer (the original's 4/9/13/35).
   config.share.bits = 0  # > 0: 2**bits clusters in every shared layer instead of k (LeNet-300-100: 6).

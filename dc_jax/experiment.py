@@ -52,10 +52,12 @@ class TrainSpec:
   log_every_steps: int
   checkpoint_every_epochs: int
   param_sharding: str
+  distill_weight: float = 0.0  # distill.*: set for retraining and fine-tuning, which have a dense teacher.
+  distill_temperature: float = 1.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> TrainSpec:
-    return cls(**{field.name: _plain(config[field.name]) for field in dataclasses.fields(cls)})
+    return cls(**{field.name: _plain(config[field.name]) for field in dataclasses.fields(cls) if field.name in config})
 
 
 def _per_layer(default: Any, overrides: tuple) -> Any:
@@ -157,7 +159,8 @@ def _retrain(config: ml_collections.ConfigDict) -> TrainSpec:
   """train.* with the retraining epochs and learning rate of prune.*; retraining starts from trained weights."""
   return dataclasses.replace(TrainSpec.from_config(config.train), epochs=config.prune.epochs,
                              learning_rate=config.prune.learning_rate, lr_schedule=config.prune.lr_schedule,
-                             warmup_epochs=0.0)
+                             warmup_epochs=0.0, distill_weight=config.distill.weight,
+                             distill_temperature=config.distill.temperature)
 
 
 def _finetune(config: ml_collections.ConfigDict) -> TrainSpec:
@@ -168,7 +171,8 @@ def _finetune(config: ml_collections.ConfigDict) -> TrainSpec:
   """
   return dataclasses.replace(TrainSpec.from_config(config.train), epochs=config.share.epochs,
                              learning_rate=config.share.learning_rate, lr_schedule=config.share.lr_schedule,
-                             warmup_epochs=0.0, weight_decay=0.0)
+                             warmup_epochs=0.0, weight_decay=0.0, distill_weight=config.distill.weight,
+                             distill_temperature=config.distill.temperature)
 
 
 def check_stages(stages: tuple[str, ...]) -> None:

@@ -167,6 +167,7 @@ def prune_and_retrain(experiment: Experiment, dataset: data.Dataset, dense: trai
   """
   retrain = experiment.retrain
   steps = train.steps_in_epoch(dataset, retrain)
+  teacher = teacher_of(dense, retrain)
   state, masks, rounds = dense, None, []
   for r in range(plan.rounds):
     masks = plan.prune(state.params, masks, r)
@@ -175,7 +176,8 @@ def prune_and_retrain(experiment: Experiment, dataset: data.Dataset, dense: trai
                                     batch_stats=state.batch_stats, tx=tx)
     state = train.fit(state, dataset, retrain, experiment.round_seed(r),
                       checkpoint_dir=workdir / "pruned" / f"round_{r}", metrics_path=workdir / "metrics.jsonl",
-                      augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline)
+                      augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
+                      teacher=teacher)
     masks = prune.masks_of(state.opt_state)
     test = train.evaluate(state, dataset, retrain.eval_batch_size, retrain.eval_batches)
     _, totals = prune.report(masks, plan.patterns)
@@ -185,9 +187,19 @@ def prune_and_retrain(experiment: Experiment, dataset: data.Dataset, dense: trai
   return state, rounds
 
 
+def teacher_of(dense: train.TrainState | None, spec: TrainSpec) -> dict[str, Any] | None:
+  """The dense model's variables where `spec` distills (distill.weight > 0), else None."""
+  if dense is None or not spec.distill_weight:
+    return None
+  return dense.variables(dense.params)
+
+
 def share_and_finetune(experiment: Experiment, dataset: data.Dataset, pruned: train.TrainState,
-                       checkpoint_dir: Path) -> tuple[share.SharedTrainState, dict[str, Any]]:
+                       checkpoint_dir: Path,
+                       dense: train.TrainState | None = None) -> tuple[share.SharedTrainState, dict[str, Any]]:
   """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `checkpoint_dir`.
+
+  `dense` is the teacher when `distill.weight` > 0.
 
   Clustering is deterministic, so a resumed run clusters again and restores
   the fine-tuned codebooks over it.
@@ -205,7 +217,8 @@ def share_and_finetune(experiment: Experiment, dataset: data.Dataset, pruned: tr
   logging.info("shared: test accuracy %.4f after clustering, before fine-tuning", before["accuracy"])
   state = train.fit(state, dataset, finetune, experiment.finetune_seed,
                     checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
-                    augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline)
+                    augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
+                    teacher=teacher_of(dense, finetune))
   after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   return state, {
       "test_accuracy": after["accuracy"],
@@ -349,6 +362,10 @@ def make_figures(workdir: Path, experiment: Experiment, results: dict[str, Any],
   if results.get("sweep"):
     report.plot_sweep(folder / "sweep.png", results["sweep"], results["stages"]["baseline"]["test_accuracy"])
     figures.append(("Accuracy against compressed size, one point per k", "figures/sweep.png"))
+  if "encoded" in results["stages"] and experiment.model["name"] in report.PUBLISHED:
+    report.plot_pareto(folder / "pareto.png", report.file_points(results), results["stages"]["encoded"]["dense_bytes"],
+                       experiment.model["name"])
+    figures.append(("Accuracy against file bytes, with the published points", "figures/pareto.png"))
   if results.get("sensitivity"):
     report.plot_sensitivity(folder / "sensitivity.png", results["sensitivity"]["curves"],
                             results["sensitivity"]["dense_accuracy"])
@@ -526,7 +543,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
     }))
   if "shared" in experiment.stages:
     provenance.record(workdir, config, "shared")
-    shared, entry = share_and_finetune(experiment, dataset, pruned, workdir / "shared")
+    shared, entry = share_and_finetune(experiment, dataset, pruned, workdir / "shared", dense)
     logging.info("shared\n%s", report.sharing_text(entry["layers"]))
     logging.info("shared: test accuracy %.4f after fine-tuning", entry["test_accuracy"])
     results = record(workdir, ("stages", "shared"), keep_seconds(before["stages"].get("shared"), entry))
@@ -540,7 +557,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
       else:
         provenance.record(workdir, config, f"{provenance.SWEEP_PREFIX}{k}")
         point = keep_seconds(before.get("sweep", {}).get(f"k={k}"),
-                             sweep_point(experiment, dataset, model, pruned, workdir, k))
+                             sweep_point(experiment, dataset, model, pruned, workdir, k, dense))
       results = record(workdir, ("sweep", f"k={k}"), point)
   if distributed.is_primary():
     shown = reported(results, experiment.stages)
@@ -550,11 +567,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   return results
 
 
-def sweep_point(experiment: Experiment, dataset: data.Dataset, model: nn.Module,
-                pruned: train.TrainState, workdir: Path, k: int) -> dict[str, Any]:
+def sweep_point(experiment: Experiment, dataset: data.Dataset, model: nn.Module, pruned: train.TrainState,
+                workdir: Path, k: int, dense: train.TrainState | None = None) -> dict[str, Any]:
   """The pruned model shared at k clusters per layer, fine-tuned and encoded: one column of the original's table."""
   swept = experiment.shared_at(k)
-  state, entry = share_and_finetune(swept, dataset, pruned, workdir / f"shared_k{k}")
+  state, entry = share_and_finetune(swept, dataset, pruned, workdir / f"shared_k{k}", dense)
   encoded = encode_and_evaluate(swept, dataset, model, state, workdir / f"model_k{k}.dcz")
   logging.info("sweep k=%d: test accuracy %.4f, %s bytes (%.1fx)", k, encoded["test_accuracy"],
                f"{encoded['file_bytes']:,}", encoded["compression_ratio"])

@@ -41,8 +41,9 @@ def baseline_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def pruned_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The baseline's, prune.*, and the sensitivity analysis when it sets the kept fractions."""
-  fields = {**baseline_fields(config), **_flat(config, "prune"), "sensitivity.apply": config.sensitivity.apply}
+  """The baseline's, prune.*, distill.* (retraining's loss), and the sensitivity analysis when it sets the kept fractions."""
+  fields = {**baseline_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
+            "sensitivity.apply": config.sensitivity.apply}
   if config.sensitivity.apply:
     fields.update({**_flat(config, "sensitivity"), "train.eval_batches": config.train.eval_batches})
   return fields

@@ -26,6 +26,14 @@ PAPER_TABLE_1 = {
     "lenet300_100": ("LeNet-300-100", 0.0164, 1070, 0.0158, 27, 40),
     "lenet5": ("LeNet-5", 0.0080, 1720, 0.0074, 44, 39),
 }
+# Published points on the LeNets: (method, compression ratio, test error). The later methods count
+# non-zero weights or their own coding, not the bytes of a file, so they are marked, not compared.
+PUBLISHED = {
+    "lenet300_100": (("Han et al. 2016", 40, 0.0158), ("Ullrich et al. 2017, soft weight-sharing", 64, 0.0194),
+                     ("Molchanov et al. 2017, sparse VD (non-zeros)", 68, 0.0192)),
+    "lenet5": (("Han et al. 2016", 39, 0.0074), ("Ullrich et al. 2017, soft weight-sharing", 162, 0.0097),
+               ("Molchanov et al. 2017, sparse VD (non-zeros)", 280, 0.0075)),
+}
 # The PyTorch original's VGG19-BN table on CIFAR-10 (top-1 %); k = 35 was not reported.
 ORIGINAL_TABLE = {"Original": 92.22, "Pruned": 92.18, "k=4": 90.93, "k=9": 91.86, "k=13": 92.23}
 
@@ -198,6 +206,47 @@ def plot_sweep(path: Path, sweep: dict[str, dict[str, Any]], baseline_accuracy: 
   ax.set_xlabel("compressed file (KB)")
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def file_points(results: dict[str, Any]) -> list[tuple[str, int, float]]:
+  """(label, file bytes, test accuracy from the file) of each file the run wrote: its own, and each sweep point's."""
+  encoded = results["stages"]["encoded"]
+  points = [("this run", encoded["file_bytes"], encoded["test_accuracy"])]
+  points += [(f"k={e['k']}", e["file_bytes"], e["test_accuracy"]) for e in results.get("sweep", {}).values()
+             if e["file_bytes"] != encoded["file_bytes"] or e["test_accuracy"] != encoded["test_accuracy"]]
+  return points
+
+
+def pareto_front(points: Sequence[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+  """The points no other point beats on both counts (fewer bytes and at least the accuracy), smallest first."""
+  front, best = [], -math.inf
+  for point in sorted(points, key=lambda p: (p[1], -p[2])):
+    if point[2] > best:
+      front.append(point)
+      best = point[2]
+  return front
+
+
+def plot_pareto(path: Path, points: Sequence[tuple[str, int, float]], dense_bytes: int, model_name: str) -> None:
+  """Accuracy against file bytes: the run's files, their Pareto front, and the published points with the paper's limit."""
+  name, reference_error = PAPER_TABLE_1[model_name][:2]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  front = pareto_front(points)
+  ax.plot([p[1] / 1000 for p in front], [100 * p[2] for p in front], "-", color="C0", linewidth=1, label="Pareto front")
+  ax.plot([p[1] / 1000 for p in points], [100 * p[2] for p in points], "o", color="C0", label="this run, from its files")
+  for label, size, accuracy in points:
+    ax.annotate(label, (size / 1000, 100 * accuracy), fontsize=7, textcoords="offset points", xytext=(4, 3))
+  for i, (method, ratio, error) in enumerate(PUBLISHED[model_name]):
+    ax.plot(dense_bytes / ratio / 1000, 100 * (1 - error), marker="s^v"[i % 3], linestyle="none", color=f"C{i + 1}",
+            label=f"{method}: {ratio}x")
+  ax.axhline(100 * (1 - reference_error), color="gray", linestyle="--", linewidth=0.8,
+             label=f"the paper's limit ({100 * reference_error:.2f}% error)")
+  ax.set_xscale("log")
+  ax.set_xlabel("compressed file (KB, log scale)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(name, fontsize=9)
+  ax.legend(fontsize=7)
   _save(fig, path)
 
 

@@ -188,16 +188,37 @@ def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: fl
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def distillation_loss(logits: jnp.ndarray, teacher_logits: jnp.ndarray, temperature: float) -> jnp.ndarray:
+  """T^2 KL(teacher || student) of the logits softened by T (Hinton et al. 2015), per example.
+
+  The T^2 keeps the soft targets' gradients on the scale of the hard ones' as T changes.
+  """
+  targets = jax.nn.softmax(teacher_logits / temperature)
+  return temperature**2 * (optax.softmax_cross_entropy(logits / temperature, targets)
+                           - optax.softmax_cross_entropy(teacher_logits / temperature, targets))
+
+
 def _train_step(state: TrainState, batch: dict[str, jnp.ndarray], dropout_key: jax.Array,
-                label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One SGD step; the dropout key is folded with the step so that resumed runs repeat it."""
+                label_smoothing: float = 0.0, teacher: Any = None,
+                distill: tuple[float, float] = (0.0, 1.0)) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One SGD step; the dropout key is folded with the step so that resumed runs repeat it.
+
+  With a `teacher` (variables for `state.apply_fn`) and distill = (weight, temperature), the loss
+  is (1 - weight) x cross-entropy + weight x `distillation_loss` against the teacher's logits.
+  """
   key = jax.random.fold_in(dropout_key, state.step)
+  weight, temperature = distill
+  if teacher is not None:
+    teacher_logits = jax.lax.stop_gradient(state.apply_fn(teacher, batch["image"], train=False))
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         state.variables(params), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": key})
-    return _cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates)
+    loss = _cross_entropy(logits, batch["label"], label_smoothing)
+    if teacher is not None:
+      loss = (1 - weight) * loss + weight * distillation_loss(logits, teacher_logits, temperature)
+    return loss.mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -205,14 +226,16 @@ def _train_step(state: TrainState, batch: dict[str, jnp.ndarray], dropout_key: j
   return state, {"loss": loss, "accuracy": accuracy}
 
 
-train_step = jax.jit(_train_step, static_argnames="label_smoothing")
+train_step = jax.jit(_train_step, static_argnames=("label_smoothing", "distill"))
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "augmentation", "sharding", "label_smoothing"))
+@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "augmentation", "sharding", "label_smoothing",
+                                             "distill"))
 def train_steps(state: TrainState, train_set: device_data.TrainSet, order: jax.Array, first_step: jax.Array,
-                augmentation_key: jax.Array, dropout_key: jax.Array, *, steps: int, batch_size: int,
-                augmentation: data.Augmentation | None, sharding: NamedSharding | None = None,
-                label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+                augmentation_key: jax.Array, dropout_key: jax.Array, teacher: Any = None, *, steps: int,
+                batch_size: int, augmentation: data.Augmentation | None, sharding: NamedSharding | None = None,
+                label_smoothing: float = 0.0,
+                distill: tuple[float, float] = (0.0, 1.0)) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """`steps` train steps in one dispatch (a `lax.scan`), each drawing its batch on the devices.
 
   Steps `first_step ... first_step + steps - 1` of the epoch whose permutation is
@@ -221,7 +244,7 @@ def train_steps(state: TrainState, train_set: device_data.TrainSet, order: jax.A
   """
   def one_step(state, step):
     batch = device_data.batch(train_set, order, step, batch_size, augmentation_key, augmentation, sharding)
-    return _train_step(state, batch, dropout_key, label_smoothing)
+    return _train_step(state, batch, dropout_key, label_smoothing, teacher, distill)
 
   if steps == 1:  # XLA:CPU runs loop bodies several times slower than straight code (bench/input_pipeline.py).
     return one_step(state, first_step)
@@ -291,7 +314,7 @@ def steps_in_epoch(dataset: data.Dataset, config: ml_collections.ConfigDict) -> 
 def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int,
         checkpoint_dir: Path, metrics_path: Path, augmentation: data.Augmentation | None,
         mesh: Mesh | None = None, input_pipeline: str = "auto",
-        on_step_time: Callable[[float], None] | None = None) -> TrainState:
+        on_step_time: Callable[[float], None] | None = None, teacher: Any = None) -> TrainState:
   """Trains for `config.epochs`, resuming from the latest checkpoint in `checkpoint_dir`.
 
   Evaluates and checkpoints at the end of epochs; logs train and test metrics
@@ -301,7 +324,9 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   drawn. Metrics also go to TensorBoard event files in `tensorboard/` beside
   `metrics_path`, tagged with the stage (`checkpoint_dir` below that folder).
   `on_step_time` is called once with the seconds per step of the first steps
-  after compiling. Returns the final state (restored, if training had
+  after compiling. With `teacher` (the dense model's variables), the loss also
+  learns its logits by `config.distill_weight` and `config.distill_temperature`
+  (see `_train_step`). Returns the final state (restored, if training had
   finished), replicated: what follows (pruning, clustering, coding) reads
   whole arrays on the host.
   """
@@ -310,6 +335,8 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
   steps = steps_in_epoch(dataset, config)
   manager = checkpoint_manager(checkpoint_dir)
   state = restore_latest(manager, place(state, mesh, config.param_sharding))
+  if teacher is not None:
+    teacher = place(teacher, mesh, config.param_sharding)
   dropout_key = jax.random.fold_in(jax.random.key(seed), 1)
   first_epoch = int(state.step) // steps
   run_epoch = host_epoch
@@ -323,7 +350,7 @@ def fit(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigD
     for epoch in range(first_epoch, config.epochs):
       bar = tqdm(total=steps, desc=f"{stage} epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
       for state, done, metrics in run_epoch(state, dataset, config, seed, epoch, steps, augmentation,
-                                            mesh, dropout_key):
+                                            mesh, dropout_key, teacher):
         bar.update(done - bar.n)
         log.advance(epoch, done, (epoch - first_epoch) * steps + done, metrics)
         if done % config.log_every_steps == 0 or done == steps:
@@ -356,20 +383,26 @@ def _stage_name(checkpoint_dir: Path, workdir: Path) -> str:
     return checkpoint_dir.name
 
 
+def distillation(config: ml_collections.ConfigDict, teacher: Any) -> tuple[float, float]:
+  """(weight, temperature) for `_train_step`: a spec's distill settings where there is a teacher."""
+  return (config.distill_weight, config.distill_temperature) if teacher is not None else (0.0, 1.0)
+
+
 def host_epoch(state: TrainState, dataset: data.Dataset, config: ml_collections.ConfigDict, seed: int, epoch: int,
-                steps: int, augmentation: data.Augmentation | None, mesh: Mesh,
-                dropout_key: jax.Array) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
+                steps: int, augmentation: data.Augmentation | None, mesh: Mesh, dropout_key: jax.Array,
+                teacher: Any = None) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
   """One epoch of batches drawn with numpy and copied to the devices: (state, steps done, metrics) per step."""
   batches = data.train_batches(dataset, config.batch_size, seed, epoch, augmentation)
   for done, batch in zip(range(1, steps + 1), batches):
-    state, metrics = train_step(state, shard_batch(batch, mesh), dropout_key, config.label_smoothing)
+    state, metrics = train_step(state, shard_batch(batch, mesh), dropout_key, config.label_smoothing,
+                                teacher, distillation(config, teacher))
     yield state, done, metrics
 
 
 def device_epoch(train_set: device_data.TrainSet, state: TrainState, dataset: data.Dataset,
                   config: ml_collections.ConfigDict, seed: int, epoch: int, steps: int,
-                  augmentation: data.Augmentation | None, mesh: Mesh,
-                  dropout_key: jax.Array) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
+                  augmentation: data.Augmentation | None, mesh: Mesh, dropout_key: jax.Array,
+                  teacher: Any = None) -> Iterator[tuple[TrainState, int, dict[str, jax.Array]]]:
   """One epoch drawn on the devices, `config.steps_per_dispatch` steps per call, ending at every logged step."""
   order = device_data.put_order(data.epoch_order(dataset.train_images.shape[0], seed, epoch), mesh)
   augmentation_key = device_data.epoch_key(seed, epoch)
@@ -377,8 +410,9 @@ def device_epoch(train_set: device_data.TrainSet, state: TrainState, dataset: da
   done = 0
   while done < steps:
     chunk = min(config.steps_per_dispatch, config.log_every_steps - done % config.log_every_steps, steps - done)
-    state, metrics = train_steps(state, train_set, order, jnp.int32(done), augmentation_key, dropout_key,
+    state, metrics = train_steps(state, train_set, order, jnp.int32(done), augmentation_key, dropout_key, teacher,
                                  steps=chunk, batch_size=config.batch_size, augmentation=augmentation,
-                                 sharding=sharding, label_smoothing=config.label_smoothing)
+                                 sharding=sharding, label_smoothing=config.label_smoothing,
+                                 distill=distillation(config, teacher))
     done += chunk
     yield state, done, metrics

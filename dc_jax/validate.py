@@ -108,6 +108,8 @@ FIELDS: dict[str, Rule] = {
     "prune.epochs": integer(0),
     "prune.learning_rate": POSITIVE,
     "prune.lr_schedule": one_of(*LR_SCHEDULES),
+    "distill.weight": number(0, 1, low_included=True),
+    "distill.temperature": POSITIVE,
     "share.max_iterations": integer(1),
     "share.reduction": one_of(*REDUCTIONS),
     "share.train_unshared": BOOLEAN,

@@ -153,7 +153,7 @@ def test_sweep_sensitivity_and_report_in_one_run(small_config, tmp_path):
   text = (workdir / "report.md").read_text()
   assert "`python launch.py --config configs/lenet300.py`" in text and "## Shared at each k" in text
   links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-  assert "figures/sweep.png" in links and "figures/sensitivity.png" in links and len(links) == 6
+  assert {"figures/sweep.png", "figures/sensitivity.png", "figures/pareto.png"} <= set(links) and len(links) == 7
   assert all((workdir / link).read_bytes().startswith(b"\x89PNG") for link in links)
 
 

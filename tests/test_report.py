@@ -72,6 +72,23 @@ def test_figures_are_png_images_of_the_weights(tmp_path):
     assert content.startswith(PNG_MAGIC) and len(content) > 5_000
 
 
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_bytes_and_accuracy():
+  points = [("a", 100, 0.97), ("b", 200, 0.96), ("c", 150, 0.98), ("d", 300, 0.99), ("e", 150, 0.975)]
+  assert [p[0] for p in report.pareto_front(points)] == ["a", "c", "d"]
+  results = _results()
+  assert sorted(report.file_points(results)) == [("k=13", 20_000, 0.985), ("k=4", 15_000, 0.95),
+                                                 ("this run", 25_978, 0.9894)]
+  results["sweep"]["k=13"].update(file_bytes=25_978, test_accuracy=0.9894)  # The run's own k: shown once.
+  assert [p[0] for p in report.file_points(results)] == ["this run", "k=4"]
+
+
+def test_the_pareto_figure_marks_the_published_points_of_both_lenets(tmp_path):
+  for model_name in ("lenet300_100", "lenet5"):
+    report.plot_pareto(tmp_path / f"{model_name}.png", report.file_points(_results()), 1_066_440, model_name)
+    content = (tmp_path / f"{model_name}.png").read_bytes()
+    assert content.startswith(PNG_MAGIC) and len(content) > 5_000
+
+
 def test_report_links_every_figure_and_holds_the_tables(tmp_path):
   path = report.write_report(tmp_path, _results(), "vgg", "python launch.py --config configs/vgg19_k13.py",
                              [("Sweep", "figures/sweep.png")])

@@ -83,6 +83,48 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
   assert np.all(train._cross_entropy(logits, labels) < expected)  # Confident right answers pay less unsmoothed.
 
 
+def test_distillation_loss_is_t_squared_kl_of_the_softened_distributions():
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+  teacher_logits = jnp.array([[1.0, 1.5, -2.0], [0.0, 0.0, 4.0]])
+  t = 3.0
+  p, q = jax.nn.softmax(teacher_logits / t), jax.nn.softmax(logits / t)
+  expected = t**2 * (p * (jnp.log(p) - jnp.log(q))).sum(-1)
+  np.testing.assert_allclose(train.distillation_loss(logits, teacher_logits, t), expected, rtol=1e-5)
+  np.testing.assert_allclose(train.distillation_loss(teacher_logits, teacher_logits, t), 0.0, atol=1e-6)
+
+
+def test_a_step_with_a_teacher_mixes_the_hard_and_soft_losses_by_the_weight():
+  dataset = synthetic_dataset("mnist", n_train=32)
+  batch = next(data.train_batches(dataset, 32, seed=0, epoch=0, augmentation=None))
+  state = _state(models.LeNet300100(), dataset.image_shape, _train_config(momentum=0.0))
+  teacher = _state(models.LeNet300100(), dataset.image_shape, _train_config(), seed=1)
+  teacher = teacher.variables(teacher.params)
+  logits = state.apply_fn(state.variables(state.params), batch["image"], train=False)
+  hard = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  soft = train.distillation_loss(logits, state.apply_fn(teacher, batch["image"], train=False), 2.0).mean()
+  _, metrics = train.train_step(state, batch, jax.random.key(1), 0.0, teacher, (0.25, 2.0))
+  np.testing.assert_allclose(metrics["loss"], 0.75 * hard + 0.25 * soft, rtol=1e-5)
+  # Its own logits as the teacher, at weight 1: nothing to learn, so the step leaves the weights as they are.
+  own = state.variables(state.params)
+  new_state, metrics = train.train_step(state, batch, jax.random.key(1), 0.0, own, (1.0, 2.0))
+  np.testing.assert_allclose(metrics["loss"], 0.0, atol=1e-6)
+  chex.assert_trees_all_close(new_state.params, state.params, atol=1e-7)
+
+
+@pytest.mark.parametrize("input_pipeline", ["host", "device"])
+def test_fit_passes_its_teacher_to_every_step_on_either_pipeline(tmp_path, input_pipeline):
+  dataset = synthetic_dataset("mnist", n_train=64, n_test=50)
+  config = _train_config(epochs=1, momentum=0.0)
+  config.distill_weight, config.distill_temperature = 1.0, 2.0
+  state = _state(models.LeNet300100(), dataset.image_shape, config)
+  own = state.variables(state.params)  # Nothing to learn from itself: with the teacher wired in, nothing moves.
+  after = train.fit(state, dataset, config, seed=0, checkpoint_dir=tmp_path / "ckpt",
+                    metrics_path=tmp_path / "metrics.jsonl", augmentation=None, input_pipeline=input_pipeline,
+                    teacher=own)
+  assert int(after.step) == 4
+  chex.assert_trees_all_close(after.params, state.params, atol=1e-6)
+
+
 def test_weight_decay_adds_l2_to_the_gradient():
   config = _train_config(optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.1)
   tx = train.create_optimizer(config, 1)

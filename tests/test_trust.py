@@ -180,6 +180,14 @@ def test_a_sweep_point_depends_on_its_own_k_not_on_the_runs_sharing():
   assert provenance.stage_fields(config, "shared")["share.bits"] == 5
 
 
+def test_distillation_settings_are_dependencies_of_pruning_and_what_follows_not_of_the_baseline():
+  config = lenet300.get_config()
+  assert "distill.weight" not in provenance.stage_fields(config, "baseline")
+  before = {stage: provenance.stage_fields(config, stage) for stage in ("pruned", "shared", "encoded")}
+  config.distill.weight = 0.5
+  assert all(provenance.stage_fields(config, stage) != fields for stage, fields in before.items())
+
+
 def test_discard_deletes_the_changed_stage_and_those_made_from_it_only(tmp_path):
   workdir = tmp_path / "run"
   for folder in ("baseline", "pruned", "shared", "shared_k4"):
@@ -378,6 +386,8 @@ def test_the_override_rules_know_base_pys_defaults():
     ("share.epochs", -1, "share.epochs=-1"),
     ("share.learning_rate", 0.0, "share.learning_rate=0.0"),
     ("share.max_iterations", 0, "share.max_iterations=0"),
+    ("distill.weight", 1.5, "distill.weight=1.5 is not valid; valid: a number >= 0 and <= 1"),
+    ("distill.temperature", 0.0, "distill.temperature=0.0 is not valid; valid: a number > 0"),
     ("share.train_unshared", "yes", "share.train_unshared='yes'"),
     ("redo_changed", "yes", "redo_changed='yes'"),
 ])
