@@ -60,6 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune = ml_collections.ConfigDict()
   config.prune.patterns = (r".*kernel",)  # Regexes (fullmatch) over paths like "ip1/kernel": what is pruned.
   config.prune.criterion = "layer"  # layer (top fraction per layer) | global | threshold (Han's q * std).
+  config.prune.structure = "unstructured"  # unstructured | n:m (n of every m along a kernel's input axis) | block.
+  config.prune.n = 2  # n:m only: kept of every m consecutive weights along the input axis (2:4: sparse tensor cores)...
+  config.prune.m = 4  # ...and m: n:m keeps n/m of each kernel, so kept_fraction and schedule do not apply.
+  config.prune.block_shape = (4, 4)  # block only: a block's extent over the kernel's (in, out) axes; fractions count blocks.
+  config.prune.block_score = "mean_abs"  # block only: mean_abs | l2 of a block's kept weights, what blocks are ranked by.
   config.prune.schedule = "polynomial"  # polynomial | geometric (layer, global) | han (threshold: same q each round).
   config.prune.rounds = 5  # Prune-then-retrain rounds.
   config.prune.kept_fraction = 0.1  # Kept after the last round (layer, global).

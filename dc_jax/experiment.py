@@ -71,7 +71,9 @@ def pruning_plan(config: ml_collections.ConfigDict, layer_kept_fractions: dict[s
   return prune.Plan(
       criterion=config.criterion, schedule=config.schedule, rounds=config.rounds,
       kept_fraction=_per_layer(config.kept_fraction, derived + tuple(config.layer_kept_fractions)),
-      quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns))
+      quality=_per_layer(config.quality, config.layer_qualities), patterns=tuple(config.patterns),
+      structure=config.structure, n=config.n, m=config.m, block_shape=tuple(config.block_shape),
+      block_score=config.block_score)
 
 
 def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan:
@@ -191,6 +193,9 @@ def _check_against_the_model(experiment: Experiment) -> None:
     if sensitivity.apply and experiment.pruning.criterion != "layer":
       raise ConfigError(f"sensitivity.apply sets per-layer kept fractions; prune.criterion="
                         f"{experiment.pruning.criterion!r} does not take them; valid: layer")
+    if sensitivity.apply and experiment.pruning.structure == "n:m":
+      raise ConfigError("sensitivity.apply sets per-layer kept fractions; prune.structure='n:m' keeps n of every m; "
+                        "valid: prune.structure unstructured or block")
   if sensitivity.apply and not sensitivity.enabled:
     raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
   if not all(0 < f <= 1 for f in sensitivity.fractions):

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, device_data
+from dc_jax import codec, device_data, prune
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -105,6 +105,12 @@ FIELDS: dict[str, Rule] = {
     "sensitivity.tolerated_drop": number(0, 1, low_included=True),
     "sensitivity.apply": BOOLEAN,
     "sensitivity.eval_batches": BATCHES,
+    "prune.structure": one_of(*prune.STRUCTURES),
+    "prune.n": integer(1),
+    "prune.m": integer(2),
+    "prune.block_shape": Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_integer, v))
+                              and min(v) >= 1, "(rows, columns), integers >= 1"),
+    "prune.block_score": one_of(*prune.BLOCK_SCORES),
     "prune.epochs": integer(0),
     "prune.learning_rate": POSITIVE,
     "prune.lr_schedule": one_of(*LR_SCHEDULES),
@@ -144,6 +150,20 @@ OVERRIDES = (
     Override("prune.layer_qualities", (), lambda c: c.prune.criterion != "threshold",
              lambda c: f"prune.criterion={c.prune.criterion!r} keeps fractions, not q * std; "
                        f"valid: with prune.criterion=threshold only"),
+    Override("prune.kept_fraction", 0.1, lambda c: c.prune.structure == "n:m",
+             lambda c: f"prune.structure='n:m' keeps {c.prune.n} of every {c.prune.m} weights; "
+                       f"valid: with prune.structure unstructured or block only"),
+    Override("prune.layer_kept_fractions", (), lambda c: c.prune.structure == "n:m",
+             lambda c: f"prune.structure='n:m' keeps {c.prune.n} of every {c.prune.m} weights; "
+                       f"valid: with prune.structure unstructured or block only"),
+    Override("prune.n", 2, lambda c: c.prune.structure != "n:m",
+             lambda c: f"prune.structure={c.prune.structure!r} has no n:m groups; valid: with prune.structure=n:m only"),
+    Override("prune.m", 4, lambda c: c.prune.structure != "n:m",
+             lambda c: f"prune.structure={c.prune.structure!r} has no n:m groups; valid: with prune.structure=n:m only"),
+    Override("prune.block_shape", (4, 4), lambda c: c.prune.structure != "block",
+             lambda c: f"prune.structure={c.prune.structure!r} has no blocks; valid: with prune.structure=block only"),
+    Override("prune.block_score", "mean_abs", lambda c: c.prune.structure != "block",
+             lambda c: f"prune.structure={c.prune.structure!r} has no blocks; valid: with prune.structure=block only"),
     Override("train.warmup_epochs", 0.0, lambda c: c.train.lr_schedule != "cosine",
              lambda c: f"train.lr_schedule={c.train.lr_schedule!r} has no warm-up; valid: with cosine only"),
     Override("data.crop_padding", 4, lambda c: not c.data.augment,

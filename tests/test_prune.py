@@ -12,7 +12,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from dc_jax import data, models, prune, rules, train
+from configs import lenet5
+from dc_jax import codec, data, experiment, models, prune, rules, share, train
 from dc_jax.errors import ConfigError
 from tests.conftest import synthetic_dataset
 
@@ -207,7 +208,11 @@ def test_patterns_must_match_a_whole_path():
     prune.Plan("layer", "geometric", rounds=4, kept_fraction=0.2),
     prune.Plan("global", "polynomial", rounds=4, kept_fraction=0.2),
     prune.Plan("threshold", "han", rounds=4, quality=0.5),
-], ids=lambda plan: plan.criterion)
+    prune.Plan("layer", rounds=3, structure="n:m", n=1, m=4),
+    prune.Plan("layer", "geometric", rounds=4, kept_fraction=0.2, structure="block", block_shape=(2, 2)),
+    prune.Plan("global", "polynomial", rounds=4, kept_fraction=0.2, structure="block", block_shape=(2, 4),
+               block_score="l2"),
+], ids=lambda plan: f"{plan.structure}-{plan.criterion}")
 def test_iterative_pruning_never_revives_a_weight(plan):
   masks = None
   for round_index in range(plan.rounds):
@@ -218,6 +223,8 @@ def test_iterative_pruning_never_revives_a_weight(plan):
       assert not _revives(new, masks)
     masks = new
   kernels = [masks[name]["kernel"] for name in ("conv1", "fc1")]
+  if plan.structure != "unstructured":
+    return
   if plan.criterion == "layer":
     assert [int(m.sum()) for m in kernels] == [round(0.2 * m.size) for m in kernels]
   if plan.criterion == "global":
@@ -256,6 +263,13 @@ def test_plan_gives_each_layer_its_own_schedule():
     (dict(schedule="linear"), "prune.schedule='linear'"),
     (dict(criterion="threshold", schedule="geometric"), "prune.schedule='geometric' does not fit"),
     (dict(criterion="layer", schedule="han"), "prune.schedule='han' does not fit"),
+    (dict(structure="2:4"), "prune.structure='2:4' is not a structure"),
+    (dict(structure="n:m", criterion="global"), "prune.criterion='global' does not fit prune.structure='n:m'"),
+    (dict(structure="n:m", n=4, m=4), "prune.n=4, prune.m=4 is not an n:m structure"),
+    (dict(structure="block", criterion="threshold", schedule="han"), "does not fit prune.structure='block'"),
+    (dict(structure="block", block_shape=(0, 4)), "prune.block_shape=(0, 4)"),
+    (dict(structure="block", block_shape=(4,)), "prune.block_shape=(4,)"),
+    (dict(structure="block", block_score="max"), "prune.block_score='max'"),
 ])
 def test_an_invalid_plan_is_a_config_error_naming_the_field(fields, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
@@ -299,3 +313,134 @@ def test_default_patterns_take_embeddings_and_boxed_paths_without_value():
            "Dense_0": {"kernel": nn.LogicallyPartitioned(jnp.ones((3, 2)), ("a", "b")), "bias": jnp.ones(2)}}
   layers, _ = prune.report(prune.layer_fraction(boxed, 0.5))
   assert [row["layer"] for row in layers] == ["Dense_0/kernel", "Embed_0/embedding"]
+
+
+# Structures.
+
+
+def _groups_along_input(mask: np.ndarray, m: int) -> np.ndarray:
+  """A (.., in, out) mask as rows of m consecutive entries along `in`, per output and (h, w): (groups, m)."""
+  rows = np.moveaxis(np.asarray(mask), -2, -1)
+  return rows.reshape(-1, m)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (3, 3, 8, 6)], ids=["dense", "conv"])
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 8)])
+def test_n_of_m_keeps_the_n_largest_of_every_m_along_the_input_axis(shape, n, m):
+  w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  mask = np.asarray(prune.n_of_m({"k": {"kernel": w}}, n, m)["k"]["kernel"])
+  groups, kept = _groups_along_input(np.abs(w), m), _groups_along_input(mask, m)
+  assert np.all(kept.sum(axis=1) == n)
+  smallest_kept = np.where(kept, groups, np.inf).min(axis=1)
+  largest_pruned = np.where(kept, -np.inf, groups).max(axis=1)
+  assert np.all(smallest_kept > largest_pruned)
+
+
+def test_n_of_m_pads_an_input_axis_that_is_not_a_multiple_of_m():
+  # in = 6: a group of 4 keeps 2, the short group of 2 keeps both; in = 1 (LeNet-5's conv1) keeps all.
+  w = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+  mask = np.asarray(prune.n_of_m({"k": {"kernel": w}}, 2, 4)["k"]["kernel"])
+  assert mask[:4].sum(axis=0).tolist() == [2, 2, 2] and mask[4:].all()
+  assert np.asarray(prune.n_of_m({"k": {"kernel": np.ones((5, 5, 1, 20))}}, 2, 4)["k"]["kernel"]).all()
+
+
+def test_n_of_m_among_survivors_never_keeps_a_pruned_weight():
+  w = np.arange(1.0, 9.0, dtype=np.float32).reshape(8, 1)
+  before = {"k": {"kernel": np.array([[True], [True], [False], [False], [True]] + [[False]] * 3)}}
+  mask = np.asarray(prune.n_of_m({"k": {"kernel": w}}, 2, 4, before)["k"]["kernel"]).ravel()
+  assert mask.tolist() == [True, True, False, False, True, False, False, False]
+
+
+def _blocks(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  rows, cols = mask.shape[-2:]
+  return mask.reshape(*mask.shape[:-2], rows // shape[0], shape[0], cols // shape[1], shape[1])
+
+
+@pytest.mark.parametrize("score", prune.BLOCK_SCORES)
+def test_block_fraction_keeps_whole_blocks_with_the_highest_scores(score):
+  w = np.random.default_rng(1).standard_normal((3, 3, 8, 12)).astype(np.float32)
+  mask = np.asarray(prune.block_fraction({"c": {"kernel": w}}, 0.25, (4, 4), score)["c"]["kernel"])
+  blocks = _blocks(mask, (4, 4))
+  assert np.all(blocks.all(axis=(-3, -1)) == blocks.any(axis=(-3, -1)))  # All of a block or none of it.
+  kept = blocks.any(axis=(-3, -1))
+  assert kept.sum() == round(0.25 * kept.size)
+  values = _blocks(w, (4, 4))
+  scores = (np.abs(values).mean(axis=(-3, -1)) if score == "mean_abs"
+            else np.sqrt((values ** 2).sum(axis=(-3, -1))))
+  assert scores[kept].min() > scores[~kept].max()
+
+
+def test_block_fraction_across_layers_uses_one_threshold_and_cuts_edge_blocks():
+  rng = np.random.default_rng(2)
+  params = {"a": {"kernel": rng.standard_normal((10, 7)).astype(np.float32)},
+            "b": {"kernel": 3 * rng.standard_normal((8, 8)).astype(np.float32)}}
+  masks = prune.block_fraction(params, 0.5, (4, 4), across_layers=True)
+  # a has 3 x 2 blocks (edge blocks 2 or 3 wide), b 2 x 2: half of the 10 blocks, mostly b's larger ones.
+  a, b = np.asarray(masks["a"]["kernel"]), np.asarray(masks["b"]["kernel"])
+  assert b.all() and a.shape == (10, 7)
+  padded = np.zeros((12, 8), bool)
+  padded[:10, :7] = a
+  assert _blocks(padded, (4, 4)).any(axis=(-3, -1)).sum() == 1
+
+
+@pytest.mark.parametrize("plan", [prune.Plan(structure="n:m", n=2, m=4),
+                                  prune.Plan(kept_fraction=0.1, structure="block", block_shape=(4, 4))],
+                         ids=["2:4", "block"])
+def test_structured_masks_stay_exact_zeros_and_keep_their_structure_under_optax(lenet, plan):
+  masks = plan.prune(lenet, None, 0)
+  params = prune.apply_masks(lenet, masks)
+  tx = prune.masked(SGD_WITH_DECAY, masks)
+  trained, opt_state = _fit(params, tx, tx.init(params), steps=30)
+  assert _pruned_weights_are_zero(trained, masks)
+  chex.assert_trees_all_equal(prune.masks_of(opt_state), masks)
+  nonzero = np.asarray(trained["ip1"]["kernel"]) != 0
+  if plan.structure == "n:m":
+    assert _groups_along_input(nonzero, 4).sum(axis=1).max() <= 2
+  else:
+    blocks = _blocks(nonzero, (4, 4))
+    assert not np.any(blocks.any(axis=(-3, -1)) & ~np.asarray(_blocks(np.asarray(masks["ip1"]["kernel"]),
+                                                                      (4, 4))).all(axis=(-3, -1)))
+
+
+@pytest.mark.parametrize("plan", [prune.Plan(structure="n:m", n=2, m=4),
+                                  prune.Plan(kept_fraction=0.2, structure="block", block_shape=(4, 4))],
+                         ids=["2:4", "block"])
+def test_structured_masks_round_trip_through_the_relative_index_file(plan, tmp_path):
+  rng = np.random.default_rng(3)
+  params = {"conv": {"kernel": rng.standard_normal((3, 3, 8, 16)).astype(np.float32)},
+            "fc": {"kernel": rng.standard_normal((64, 10)).astype(np.float32)}}
+  masks = plan.prune(params, None, 0)
+  shared, _ = share.quantize(params, masks, share.Plan(k=8))
+  codec.write(tmp_path / "m.dcz", {"params": shared}, index_bits="auto")
+  back = codec.read(tmp_path / "m.dcz")["params"]
+  for name in params:
+    np.testing.assert_array_equal(np.asarray(back[name]["kernel"].mask), np.asarray(masks[name]["kernel"]))
+    np.testing.assert_array_equal(np.asarray(back[name]["kernel"].materialize()),
+                                  np.asarray(shared[name]["kernel"].materialize()))
+
+
+def _lenet5_config(**prune_fields):
+  config = lenet5.get_config()
+  config.prune.layer_kept_fractions = ()
+  config.prune.kept_fraction = 0.1
+  config.prune.update(prune_fields)
+  return config
+
+
+def test_a_config_builds_the_structured_plan_it_names():
+  plan = experiment.Experiment.from_config(_lenet5_config(structure="n:m", n=1, m=8)).pruning
+  assert (plan.structure, plan.n, plan.m) == ("n:m", 1, 8)
+  plan = experiment.Experiment.from_config(_lenet5_config(structure="block", block_shape=(2, 8))).pruning
+  assert (plan.structure, plan.block_shape, plan.block_score) == ("block", (2, 8), "mean_abs")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(structure="n:m", kept_fraction=0.5), "prune.kept_fraction=0.5 has no effect: prune.structure='n:m' keeps 2"),
+    (dict(n=1), "prune.n=1 has no effect: prune.structure='unstructured' has no n:m groups"),
+    (dict(structure="n:m", block_shape=(2, 2)), "prune.block_shape=(2, 2) has no effect"),
+    (dict(structure="block", block_shape=(4, 0)), "prune.block_shape=(4, 0) is not valid"),
+    (dict(structure="n:m", n=5), "prune.n=5, prune.m=4 is not an n:m structure"),
+])
+def test_a_structure_setting_that_does_not_fit_is_one_config_error(fields, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    experiment.Experiment.from_config(_lenet5_config(**fields))
