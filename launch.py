@@ -1,7 +1,8 @@
 """Runs a dc_jax experiment.
 
   python launch.py --config configs/vgg19_k13.py [--workdir DIR] [--config.FIELD=VALUE ...]
-  python launch.py --config configs/lenet300.py --evaluate runs/lenet300/model.dcz
+  python launch.py --evaluate runs/lenet300/model.dcz                       (the file names its model and data)
+  python launch.py --config configs/lenet300.py --evaluate runs/lenet300/model.dcz   (the config's model and data)
   python launch.py --config configs/lenet300.py --config.distributed.enabled=True [...]  (on every host)
 """
 
@@ -17,9 +18,9 @@ from dc_jax.errors import FULL_DISK, UserError, write_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results; default: runs/<config name>.")
-_EVALUATE = flags.DEFINE_string("evaluate", None, "A compressed model file (model.dcz) to evaluate on the "
-                                "config's test set, instead of running the stages.")
-flags.mark_flags_as_required(["config"])
+_EVALUATE = flags.DEFINE_string("evaluate", None, "A compressed model file (model.dcz) to evaluate on its test "
+                                "set, instead of running the stages: the model and data its metadata names, or "
+                                "the config's when --config is given.")
 ROOT = Path(__file__).absolute().parent
 
 
@@ -48,14 +49,20 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(own_info_only)
-  workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
+  config = _CONFIG.value
+  if config is None and not _EVALUATE.value:
+    sys.exit("error: --config is required (only --evaluate FILE.dcz runs without one)")
+  workdir = _WORKDIR.value or "."
+  if config is not None and not _WORKDIR.value:
+    workdir = str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
   try:
-    distributed.initialize(_CONFIG.value.distributed)
+    if config is not None:
+      distributed.initialize(config.distributed)
     if _EVALUATE.value:
-      test = pipeline.evaluate_file(_CONFIG.value, _EVALUATE.value)
+      test = pipeline.evaluate_file(config, _EVALUATE.value)
       print(f"{_EVALUATE.value}: test accuracy {test['accuracy']:.4f} on {test['examples']} examples")
       return
-    results = pipeline.run(_CONFIG.value, workdir, command=" ".join(["python", *sys.argv]))
+    results = pipeline.run(config, workdir, command=" ".join(["python", *sys.argv]))
   except UserError as e:
     sys.exit(f"error: {e}")
   except OSError as e:

@@ -10,6 +10,7 @@ entry under `stages` in `results.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -26,8 +27,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dc_jax import (atomic, codec, data, distributed, models, progress, provenance, prune, report, sensitivity,
-                    rules, share, train)
+from dc_jax import (atomic, codec, data, distributed, loading, models, progress, provenance, prune, report,
+                    sensitivity, rules, share, slimming, train)
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.experiment import STAGES, Experiment, TrainSpec
 
@@ -261,7 +262,7 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
   start = time.perf_counter()
   variables = codec.narrow_raw_floats({"params": state.shared_params(), "batch_stats": state.batch_stats},
                                       experiment.raw_dtype)
-  content, summary = codec.encode(variables, experiment.index_bits)
+  content, summary = codec.encode(variables, experiment.index_bits, loading.describe(experiment.model, dataset))
   if distributed.is_primary():
     atomic.write_bytes(path, content)
   distributed.barrier(f"write {path.name}")
@@ -283,9 +284,23 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
   }
 
 
-def evaluate_file(config: ml_collections.ConfigDict, path: str | Path) -> dict[str, float]:
-  """Test accuracy of a compressed model file, for the config's model and data."""
-  dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
+def evaluate_file(config: ml_collections.ConfigDict | None, path: str | Path,
+                  eval_batch_size: int = 1000) -> dict[str, float]:
+  """Test accuracy of a compressed model file, for the config's model and data.
+
+  Without a config, the file's metadata (format version 3) names the model,
+  the dataset (read as `data.load(name)` reads it) and the normalisation
+  statistics; `eval_batch_size` is then the batch (configs/base.py's).
+  """
+  if config is None:
+    described = loading.metadata(path)
+    dataset = data.load(described["dataset"])
+    dataset = dataclasses.replace(dataset, mean=np.asarray(described["mean"], np.float32),
+                                  std=np.asarray(described["std"], np.float32))
+    config = ml_collections.ConfigDict({"model": described["model"],
+                                        "train": {"eval_batch_size": eval_batch_size, "eval_batches": -1}})
+  else:
+    dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
   check_compatible(config.model.name, dataset)
   model = models.create_model(num_classes=dataset.num_classes, **config.model)
   variables = codec.read(path)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -342,3 +343,140 @@ def test_integer_keys_and_bfloat16_write_version_2_and_come_back_exactly(tmp_pat
 def test_a_key_that_is_neither_text_nor_integer_fails_naming_both():
   with pytest.raises(TypeError, match="strings or integers"):
     codec.encode({"a": {(1, 2): np.zeros(2)}})
+
+
+# Files written before format version 3, as bytes (by the writer of commit 40d05f5): they must read as they did.
+# A 4x3 kernel (k = 3, b = 2) and a float32 bias; version 2: the same with integer keys and bfloat16.
+VERSION_1_FILE = bytes.fromhex(
+    "44434a41585a0d0a0100020000001339e457680000000000000003000600706172616d730200666306006b65726e656c01037c7531"
+    "02040000000000000003000000000000000300000002000000bf0000803e0000803f05000000000000000400000000020201010000"
+    "00000000007c040000000202020202000000000000002740787f9272360000000000000003000600706172616d7302006663040062"
+    "6961730003 3c66340103000000000000000c000000000000000000003f000080bf00000040082714380fe13aef".replace(" ", ""))
+VERSION_2_FILE = bytes.fromhex(
+    "44434a41585a0d0a020002000000bd4b70d16d0000000000000003000006006c6179657273010100300006006b65726e656c01037c"
+    "7531020400000000000000030000000000000003000000020862666c6f6174313600bf803e803f050000000000000004000000000202"
+    "0101000000000000007c040000000202020202000000000000002740c4a375bd370000000000000003000006006c617965727301010030"
+    "00040062696173000862666c6f617431360103000000000000000600000000000000003f80bf00408eec17d6334e6a8a")
+OLD_MASK = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1]], bool)
+OLD_INDICES = np.array([[2, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 2]], np.uint8)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_versions_1_and_2_still_read_and_write_back_the_same_bytes(tmp_path, version):
+  content = VERSION_1_FILE if version == 1 else VERSION_2_FILE
+  path = tmp_path / "old.dcz"
+  path.write_bytes(content)
+  tree = codec.read(path)
+  layer = tree["params"]["fc"] if version == 1 else tree["layers"][0]
+  kernel, bias = layer["kernel"], layer["bias"]
+  np.testing.assert_array_equal(kernel.mask, OLD_MASK)
+  np.testing.assert_array_equal(kernel.indices, OLD_INDICES)
+  np.testing.assert_array_equal(np.asarray(kernel.codebook, np.float32), [-0.5, 0.25, 1.0])
+  np.testing.assert_array_equal(np.asarray(bias, np.float32), [0.5, -1.0, 2.0])
+  assert codec.read_metadata(path) is None
+  assert codec.encode(tree, 2)[0] == content  # Written again without metadata: the same version and bytes.
+
+
+METADATA = {"model": {"name": "lenet300_100", "dtype": "float32"}, "input_shape": [28, 28, 1],
+            "dataset": "mnist", "num_classes": 10, "mean": [0.1307], "std": [0.3081], "note": "é"}
+
+
+def test_metadata_round_trips_as_version_3_and_leaves_the_tree_as_it_was(tmp_path):
+  tree = mixed_tree()
+  codec.write(tmp_path / "plain.dcz", tree)
+  codec.write(tmp_path / "described.dcz", tree, metadata=METADATA)
+  content = (tmp_path / "described.dcz").read_bytes()
+  assert struct.unpack_from("<H", content, 8)[0] == 3
+  assert codec.read_metadata(tmp_path / "described.dcz") == METADATA
+  assert codec.read_metadata(tmp_path / "plain.dcz") is None
+  assert_same_leaves(codec.read(tmp_path / "described.dcz"), codec.read(tmp_path / "plain.dcz"))
+  # The metadata record comes first: depth 0, kind 3, then the JSON text.
+  length = struct.unpack_from("<Q", content, 18)[0]
+  assert content[26:29] == b"\x00\x00\x03" and json.loads(content[29:26 + length]) == METADATA
+
+
+def _with_metadata_body(content: bytes, body: bytes) -> bytes:
+  """`content` (version 3) with record 0's body replaced, every CRC and length fixed."""
+  length = struct.unpack_from("<Q", content, 18)[0]
+  rest = content[26 + length + 4:-4]
+  head = struct.pack("<Q", len(body))
+  out = content[:18] + head + body + struct.pack("<I", zlib.crc32(head + body)) + rest
+  return out + struct.pack("<I", zlib.crc32(out))
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"\x00\x00\x03{\"model\": ", "record 0: the metadata is not JSON text"),
+    (b"\x00\x00\x03[1, 2]", "record 0: the metadata is a JSON list, not an object"),
+    (b"\x00\x00\x03\xff\xfe", "record 0: the metadata is not JSON text"),
+    (b"\x00\x00\x00", "record 0: a version-3 file starts with a metadata record \\(depth 0, kind 3\\); "
+                      "this one has depth 0, kind 0"),
+], ids=["truncated JSON", "not an object", "not UTF-8", "not a metadata record"])
+def test_corrupt_metadata_fails_in_one_line_naming_the_file(tmp_path, body, message):
+  content, _ = codec.encode(mixed_tree(), metadata=METADATA)
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(_with_metadata_body(content, body))
+  for read in (codec.read, codec.read_metadata):
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: {message}") as error:
+      read(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_flipped_bit_in_the_metadata_fails_its_crc(tmp_path):
+  content = bytearray(codec.encode(mixed_tree(), metadata=METADATA)[0])
+  content[40] ^= 1
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(bytes(content))
+  with pytest.raises(DataError, match=r"record 0 \('metadata'\) is corrupt: CRC32 mismatch"):
+    codec.read_metadata(path)
+
+
+def test_a_version_3_file_without_its_metadata_record_is_rejected(tmp_path):
+  content = bytearray(codec.encode(mixed_tree())[0])  # Version 1 records, header set to 3.
+  content[8:10] = struct.pack("<H", 3)
+  content[14:18] = struct.pack("<I", zlib.crc32(bytes(content[:14])))
+  content[-4:] = struct.pack("<I", zlib.crc32(bytes(content[:-4])))
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(bytes(content))
+  with pytest.raises(DataError, match="starts with a metadata record"):
+    codec.read(path)
+
+
+def test_metadata_after_the_first_record_is_rejected(tmp_path):
+  content, _ = codec.encode({"b": np.zeros(2, np.float32)}, metadata=METADATA)
+  length = struct.unpack_from("<Q", content, 18)[0]
+  metadata_record = content[18:18 + 8 + length + 4]
+  body = content[18 + len(metadata_record):-4]
+  out = bytearray(content[:18] + metadata_record + body + metadata_record)
+  out[10:14] = struct.pack("<I", 3)
+  out[14:18] = struct.pack("<I", zlib.crc32(bytes(out[:14])))
+  out += struct.pack("<I", zlib.crc32(bytes(out)))
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(bytes(out))
+  with pytest.raises(DataError, match="record 2: a record needs a key path of depth >= 1"):
+    codec.read(path)
+
+
+def test_metadata_that_is_not_json_is_refused_before_writing(tmp_path):
+  with pytest.raises(TypeError, match="JSON values"):
+    codec.write(tmp_path / "m.dcz", mixed_tree(), metadata={"mean": np.zeros(3)})
+  with pytest.raises(TypeError, match="JSON object"):
+    codec.write(tmp_path / "m.dcz", mixed_tree(), metadata=[1, 2])
+  assert not (tmp_path / "m.dcz").exists()
+
+
+def test_dense_read_gives_each_kernel_materialised(model_file):
+  kernels = codec.read(model_file)
+  dense = codec.read(model_file, dense=True)
+  for keys in (("params", "conv1", "kernel"), ("params", "fc1", "kernel"), ("params", "head", "kernel")):
+    kernel, array = kernels, dense
+    for key in keys:
+      kernel, array = kernel[key], array[key]
+    assert isinstance(array, np.ndarray) and array.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(array, np.asarray(kernel.materialize()))
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (3, 3, 2, 4)])
+def test_kernel_positions_undo_the_neuron_major_walk(shape):
+  size = int(np.prod(shape))
+  order = codec.neuron_major(np.arange(size).reshape(shape)).reshape(-1)  # C position at each walk position.
+  np.testing.assert_array_equal(codec.kernel_positions(np.arange(size), shape), order)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
+
+from dc_jax import codec
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -90,3 +93,39 @@ def test_launch_rejects_a_misspelt_override_in_one_line(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       "error: not a config field: 'epoch' Did you mean \"epochs\" instead of \"epoch\"?")
+
+
+SMOKE = ("--config.train.epochs=1", "--config.train.steps_per_epoch=3", "--config.train.eval_batches=1",
+         "--config.prune.rounds=1", "--config.prune.epochs=1", "--config.share.epochs=1", "--config.share.sweep=()")
+
+
+@pytest.mark.parametrize("config", ["lenet300", "lenet5", "tiny"])
+def test_evaluate_needs_no_config_for_a_file_the_pipeline_wrote(shared_data_dir, tmp_path, config):
+  """The file's metadata names model, data and statistics: the same accuracy as with the config, whole test set."""
+  workdir = tmp_path / "run"
+  result = _launch(f"--config={ROOT / f'configs/{config}.py'}", f"--workdir={workdir}", *SMOKE,
+                   env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  model = workdir / "model.dcz"
+  alone = _launch(f"--evaluate={model}", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  with_config = _launch(f"--config={ROOT / f'configs/{config}.py'}", "--config.train.eval_batches=-1",
+                        f"--evaluate={model}", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert with_config.returncode == 0, with_config.stderr[-3000:]
+  assert alone.stdout == with_config.stdout and " on 10000 examples" in alone.stdout
+
+
+def test_evaluate_without_config_names_a_file_without_metadata_in_one_line(tmp_path):
+  path = tmp_path / "old.dcz"
+  codec.write(path, {"params": {"w": np.zeros(3, np.float32)}})
+  result = _launch(f"--evaluate={path}", env_data_dir=tmp_path, cwd=tmp_path)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path} holds no metadata (a file of format "
+                                                           "version 1 or 2")
+
+
+def test_a_run_without_config_or_evaluate_fails_in_one_line(tmp_path):
+  result = _launch(env_data_dir=tmp_path, cwd=tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --config is required (only --evaluate FILE.dcz runs without one)")
