@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "lenet300_100"  # vgg | lenet300_100 | lenet5.
   config.model.depth = 19  # VGG only: 11, 13, 16 or 19.
   config.model.width = 1.0  # VGG only: multiplies every conv's channels (narrow CPU runs).
+  config.model.channels = ()  # VGG only: every conv's output channels, in order (a shrunk VGG); () = from depth and width.
   config.model.classifier_widths = (4096, 4096)  # VGG only: hidden widths; () = a 512->10 head.
   config.model.dropout = 0.5  # VGG only: dropout before each classifier layer.
   config.model.conv_impl = "auto"  # VGG only: auto | xla | patches (im2col + matmul); auto = patches where faster on CPU.
@@ -39,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.lr_decay_factor = 0.2  # ...by this factor (the original's x0.2).
   config.train.warmup_epochs = 0.0  # cosine only: a linear warm-up from 0 over this many epochs, then the cosine.
   config.train.label_smoothing = 0.0  # Training loss against (1 - s) one-hot + s / classes; test loss is plain.
+  config.train.bn_scale_l1 = 0.0  # Dense training: L1 on BatchNorm scales (network slimming), added to their gradients.
+  config.train.bn_scale_l1_flops = False  # ...each channel's L1 weighted by the FLOPs it costs (MorphNet), mean 1.
   config.train.steps_per_epoch = -1  # -1 = a full pass; a few steps for smoke runs.
   config.train.steps_per_dispatch = 1  # device pipeline: steps per jitted call (lax.scan); > 1 on GPU/TPU only.
   config.train.eval_batches = -1  # -1 = the whole test set; fewer for smoke runs.

@@ -111,6 +111,8 @@ class Experiment:
   finetune: TrainSpec  # Sharing's: share.epochs, share.learning_rate, no warm-up and no weight decay.
   pruning: prune.Plan
   sharing: share.Plan
+  bn_scale_l1: float  # The baseline's network-slimming L1 on BatchNorm scales (train.bn_scale_l1)...
+  bn_scale_l1_flops: bool  # ...weighted per channel by its FLOPs (train.bn_scale_l1_flops).
   sweep: tuple[int, ...]
   train_unshared: bool
   reduction: str
@@ -130,6 +132,7 @@ class Experiment:
         augmentation=data.Augmentation.from_config(config.data),
         input_pipeline=config.data.pipeline, dense=TrainSpec.from_config(config.train), retrain=_retrain(config),
         finetune=_finetune(config), pruning=pruning_plan(config.prune), sharing=sharing_plan(config.share, config.seed),
+        bn_scale_l1=config.train.bn_scale_l1, bn_scale_l1_flops=config.train.bn_scale_l1_flops,
         sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
         index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype, sensitivity=config.sensitivity)
     _check_against_the_model(experiment)
@@ -196,6 +199,9 @@ def _check_against_the_model(experiment: Experiment) -> None:
     if sensitivity.apply and experiment.pruning.structure == "n:m":
       raise ConfigError("sensitivity.apply sets per-layer kept fractions; prune.structure='n:m' keeps n of every m; "
                         "valid: prune.structure unstructured or block")
+  if experiment.bn_scale_l1 and experiment.model["name"] != "vgg":
+    raise ConfigError(f"train.bn_scale_l1={experiment.bn_scale_l1!r} regularises BatchNorm scales; model.name="
+                      f"{experiment.model['name']!r} has none; valid: with model.name=vgg only")
   if sensitivity.apply and not sensitivity.enabled:
     raise ConfigError("sensitivity.apply=True needs sensitivity.enabled=True")
   if not all(0 < f <= 1 for f in sensitivity.fractions):

@@ -149,6 +149,9 @@ def train_baseline(experiment: Experiment, dataset: data.Dataset, model: nn.Modu
   """
   spec = experiment.dense
   tx = train.create_optimizer(spec, train.steps_in_epoch(dataset, spec))
+  if experiment.bn_scale_l1:  # Network slimming: BatchNorm scales pushed to 0, so that channels can be removed.
+    tx = slimming.with_bn_scale_l1(tx, model, dataset.image_shape, experiment.bn_scale_l1,
+                                   experiment.bn_scale_l1_flops)
   state = train.create_train_state(jax.random.key(experiment.seed), model, dataset.image_shape, tx)
   if experiment.start_from:
     return restore_weights(state, start_checkpoints(experiment.start_from))

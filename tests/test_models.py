@@ -90,6 +90,22 @@ def test_unknown_vgg_depth_is_a_config_error():
     _abstract_variables(models.VGG(depth=12), (32, 32, 3))
 
 
+def test_vgg_channels_set_every_conv_and_keep_the_layer_names():
+  channels = (3, 5, 7, 9, 2, 4, 6, 8)
+  variables = _abstract_variables(models.VGG(depth=11, channels=channels, classifier_widths=(16,)), (32, 32, 3))
+  widths = [variables["params"][f"conv{b}_{i}"]["kernel"].shape[-1] for b, i in
+            ((1, 1), (2, 1), (3, 1), (3, 2), (4, 1), (4, 2), (5, 1), (5, 2))]
+  assert tuple(widths) == channels
+  chex.assert_shape(variables["params"]["conv2_1"]["kernel"], (3, 3, 3, 5))
+  chex.assert_shape(variables["batch_stats"]["bn5_2"]["mean"], (8,))
+  chex.assert_shape(variables["params"]["fc1"]["kernel"], (8, 16))
+
+
+def test_vgg_channels_of_the_wrong_length_are_a_config_error():
+  with pytest.raises(ConfigError, match="model.channels has 3 entries; valid: one per conv, 8 at depth 11"):
+    _abstract_variables(models.VGG(depth=11, channels=(4, 4, 4)), (32, 32, 3))
+
+
 def _model_pair(name: str, **fields):
   """The same network computing in float32 and in bfloat16."""
   config = base.get_config().model

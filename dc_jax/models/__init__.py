@@ -30,7 +30,7 @@ def compute_dtype(name: str) -> type:
   return COMPUTE_DTYPES[name]
 
 
-def create_model(name: str, num_classes: int, *, depth: int = 19, width: float = 1.0,
+def create_model(name: str, num_classes: int, *, depth: int = 19, width: float = 1.0, channels: Sequence[int] = (),
                  classifier_widths: Sequence[int] = (4096, 4096), dropout: float = 0.5, conv_impl: str = "auto",
                  dtype: str = "float32") -> nn.Module:
   """Builds the module `name` with the settings that apply to it (the VGG ones are ignored for the LeNets).
@@ -40,8 +40,8 @@ def create_model(name: str, num_classes: int, *, depth: int = 19, width: float =
   """
   compute = compute_dtype(dtype)
   if name == "vgg":
-    return VGG(depth=depth, width=width, classifier_widths=tuple(classifier_widths), dropout_rate=dropout,
-               num_classes=num_classes, conv_impl=conv_impl, dtype=compute)
+    return VGG(depth=depth, width=width, channels=tuple(channels), classifier_widths=tuple(classifier_widths),
+               dropout_rate=dropout, num_classes=num_classes, conv_impl=conv_impl, dtype=compute)
   if name == "lenet300_100":
     return LeNet300100(num_classes=num_classes, dtype=compute)
   if name == "lenet5":

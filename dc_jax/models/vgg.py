@@ -67,12 +67,31 @@ def resolve_conv_impl(conv_impl: str, shape: tuple[int, ...]) -> str:
   return "patches" if faster and jax.default_backend() == "cpu" else "xla"
 
 
+def conv_channels(depth: int, width: float = 1.0, channels: Sequence[int] = ()) -> tuple[int, ...]:
+  """Every conv's output channels in order: `channels` where given (a shrunk VGG), else BLOCKS[depth] x width."""
+  if depth not in BLOCKS:
+    raise ConfigError(f"model.depth={depth} is not a VGG depth; valid: {sorted(BLOCKS)}")
+  convs = sum(len(block) for block in BLOCKS[depth])
+  if channels:
+    if len(channels) != convs:
+      raise ConfigError(f"model.channels has {len(channels)} entries; valid: one per conv, {convs} at depth {depth}")
+    return tuple(int(c) for c in channels)
+  return tuple(max(1, round(features * width)) for block in BLOCKS[depth] for features in block)
+
+
+def conv_names(depth: int) -> tuple[str, ...]:
+  """The convs' names in order ("conv1_1", ...); each conv{b}_{i} is followed by bn{b}_{i}."""
+  return tuple(f"conv{b}_{i}" for b, block in enumerate(BLOCKS[depth], start=1) for i in range(1, len(block) + 1))
+
+
 class VGG(nn.Module):
   """3x3 conv + BN + ReLU blocks, max-pools, then a dropout MLP classifier.
 
   Layers are named `conv{block}_{i}` / `bn{block}_{i}` and `fc{j}` so that
   per-layer tables read like the paper's. `width` scales every conv, for
-  narrow CPU runs; `classifier_widths=()` gives the common 512->10 head.
+  narrow CPU runs; `channels`, when given, sets every conv's output channels
+  instead (a VGG with channels removed, dc_jax/slimming.py); the layer names
+  stay the same. `classifier_widths=()` gives the common 512->10 head.
   `conv_impl` chooses how convs are computed (auto | xla | patches); the
   parameters are the same whichever it is. `dtype` is the compute dtype
   (bfloat16 on accelerators); parameters and BatchNorm statistics stay
@@ -81,6 +100,7 @@ class VGG(nn.Module):
 
   depth: int = 19
   width: float = 1.0
+  channels: Sequence[int] = ()
   classifier_widths: Sequence[int] = (4096, 4096)
   dropout_rate: float = 0.5
   num_classes: int = 10
@@ -89,12 +109,11 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    if self.depth not in BLOCKS:
-      raise ConfigError(f"model.depth={self.depth} is not a VGG depth; valid: {sorted(BLOCKS)}")
+    conv_features = iter(conv_channels(self.depth, self.width, self.channels))
     x = x.astype(self.dtype)
     for block, channels in enumerate(BLOCKS[self.depth], start=1):
-      for i, features in enumerate(channels, start=1):
-        features, name = max(1, round(features * self.width)), f"conv{block}_{i}"
+      for i in range(1, len(channels) + 1):
+        features, name = next(conv_features), f"conv{block}_{i}"
         if resolve_conv_impl(self.conv_impl, x.shape) == "patches":
           x = PatchesConv(features, (3, 3), dtype=self.dtype, name=name)(x)
         else:
