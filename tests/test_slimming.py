@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from dc_jax import flops, models, slimming
+from configs import lenet5, tiny
+from dc_jax import experiment, flops, models, slimming
 from dc_jax.errors import ConfigError
 from dc_jax.models import vgg
 
@@ -163,3 +164,27 @@ def test_training_with_the_l1_shrinks_the_scales():
     return sum(float(jnp.abs(s).sum()) for s in slimming.scales(params, DEPTH))
 
   assert total_scale(1.0) < total_scale(0.0) - 1.0
+
+
+@pytest.mark.parametrize("module, fields, message", [
+    (lenet5, {"train.bn_scale_l1": 1e-4}, "train.bn_scale_l1=0.0001 regularises BatchNorm scales; model.name='lenet5'"),
+    (tiny, {"train.bn_scale_l1_flops": True}, "train.bn_scale_l1_flops=True has no effect"),
+    (tiny, {"train.bn_scale_l1": -1.0}, "train.bn_scale_l1=-1.0 is not valid"),
+    (tiny, {"model.channels": (4, 8)}, "model.width=0.0625 has no effect: model.channels gives every conv's channels"),
+    (tiny, {"model.channels": (4, 8), "model.width": 1.0}, "model.channels has 2 entries; valid: one per conv, 8"),
+])
+def test_slimming_settings_that_do_not_fit_are_one_config_error(module, fields, message):
+  config = module.get_config()
+  config.unlock()
+  for field, value in fields.items():
+    section, name = field.split(".")
+    config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    experiment.Experiment.from_config(config)
+
+
+def test_a_shrunk_vgg_is_one_config_setting():
+  config = tiny.get_config()
+  config.model.width, config.model.channels = 1.0, (3, 5, 7, 9, 2, 4, 6, 8)
+  plan = experiment.Experiment.from_config(config)
+  assert plan.model["channels"] == (3, 5, 7, 9, 2, 4, 6, 8)
