@@ -85,3 +85,25 @@ def test_fewer_distinct_values_than_k_gives_one_exact_centroid_each():
   np.testing.assert_array_equal(result.centroids, [-1.0, 0.25, 3.0])
   np.testing.assert_array_equal(result.labels, [1, 0, 1, 2, 0])
   assert result.inertia == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 1000, 4099])
+def test_block_prefix_sums_match_a_float64_cumsum_at_every_position(n):
+  values = np.sort(np.random.default_rng(n).standard_normal(n).astype(np.float32))
+  positions = np.arange(n + 1)
+  for squares in (False, True):
+    exact = np.concatenate([[0.0], np.cumsum(values.astype(np.float64) ** (2 if squares else 1))])
+    prefix = kmeans._Prefix(values, squares=squares)
+    np.testing.assert_allclose(prefix[positions], exact, rtol=1e-12, atol=1e-9)
+    assert float(prefix[n]) == pytest.approx(exact[-1], rel=1e-12, abs=1e-9)  # A scalar position too.
+
+
+def test_labels_count_the_thresholds_below_each_value_even_for_values_on_a_threshold():
+  """Crowded thresholds (several in one grid cell) and values exactly on midpoints: as searchsorted gives them."""
+  rng = np.random.default_rng(0)
+  centroids = np.sort(np.concatenate([rng.standard_normal(40), 1e-6 * np.arange(8)])).astype(np.float64)
+  thresholds = kmeans._thresholds(centroids)
+  values = np.concatenate([rng.standard_normal(20_000).astype(np.float32), thresholds,
+                           np.nextafter(thresholds, np.float32(np.inf))])
+  labels = kmeans._labels(values, np.sort(values), centroids)
+  np.testing.assert_array_equal(labels, np.searchsorted(thresholds, values, side="left"))
