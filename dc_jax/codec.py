@@ -44,7 +44,9 @@ from dc_jax.share import SharedKernel
 MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
 VERSION = 2  # The newest version without metadata. A writer writes 1 unless the tree needs 2 (FORMAT.md)...
 METADATA_VERSION = 3  # ...and 3, version 2 with a metadata record first, whenever it is given metadata.
-VERSIONS = (1, 2, 3)
+DEFLATED_VERSION = 4  # A whole file of version 1, 2 or 3, DEFLATE-compressed: `write(..., deflate=True)`.
+VERSIONS = (1, 2, 3, DEFLATED_VERSION)
+MAX_INFLATED_BYTES = 2**40  # A reader's limit on the file a version-4 file holds (its header says the size).
 MAX_INDEX_BITS = 16
 MAX_KERNEL_WEIGHTS = 2**32  # A reader's limit: 8 bytes of a shape can ask for more memory than any machine has.
 AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
@@ -59,6 +61,7 @@ ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz", "
 MAX_METADATA_BYTES = 2**20  # A reader's limit on the metadata record: a model's description is a few hundred bytes.
 CODEBOOK_DTYPES = ("float32", "float16", "bfloat16")  # A SharedKernel's codebook; float32 only in version 1.
 _HEADER = struct.Struct("<8sHI")  # magic, version, record count; then the CRC32 of these 14 bytes.
+_DEFLATED_HEADER = struct.Struct("<8sHQ")  # magic, version 4, the inner file's size; then the CRC32 of these 18 bytes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +457,7 @@ def narrow_raw_floats(variables: Any, dtype: str) -> Any:
 
 
 def write(path: str | Path, variables: Any, index_bits: IndexBits = 5,
-          metadata: dict[str, Any] | None = None) -> Summary:
+          metadata: dict[str, Any] | None = None, deflate: bool = False) -> Summary:
   """Stores a Flax variables tree, SharedKernel leaves coded, others raw; returns what it took.
 
   Everything is encoded in memory before the file is touched, so a bad leaf or
@@ -468,14 +471,16 @@ def write(path: str | Path, variables: Any, index_bits: IndexBits = 5,
       (regex, b) pairs over "/"-joined paths.
     metadata: a JSON object stored first (format version 3), e.g. what `dc_jax.loading.describe` gives;
       None writes version 1 or 2 as before metadata existed.
+    deflate: store that file DEFLATE-compressed (format version 4): its names, shapes, code-length
+      tables and raw leaves shrink; the Huffman-coded streams stay as they are.
   """
-  content, summary = encode(variables, index_bits, metadata)
+  content, summary = encode(variables, index_bits, metadata, deflate)
   atomic.write_bytes(Path(path), content)
   return summary
 
 
-def encode(variables: Any, index_bits: IndexBits = 5,
-           metadata: dict[str, Any] | None = None) -> tuple[bytes, Summary]:
+def encode(variables: Any, index_bits: IndexBits = 5, metadata: dict[str, Any] | None = None,
+           deflate: bool = False) -> tuple[bytes, Summary]:
   """The bytes `write` stores and its Summary, without a file: for a caller that writes them itself (or not)."""
   check_index_bits(index_bits)
   flat = _leaves(variables)
@@ -499,6 +504,8 @@ def encode(variables: Any, index_bits: IndexBits = 5,
   header = _HEADER.pack(MAGIC, version, len(records))
   content = header + struct.pack("<I", zlib.crc32(header)) + b"".join(records)
   content += struct.pack("<I", zlib.crc32(content))
+  if deflate:
+    content = deflated(content)
   file_bytes = len(content)
   weights, kept = sum(r["weights"] for r in layers), sum(r["kept"] for r in layers)
   pq_bits, pqh_bits = sum(r["bits_pq"] for r in layers), sum(r["bits_pqh"] for r in layers)
@@ -659,6 +666,48 @@ def _check_new_path(keys: tuple[str | int, ...], i: int, leaves: dict[tuple[str 
     dicts.setdefault(keys[:n], i)
 
 
+def deflated(content: bytes) -> bytes:
+  """A file of version 1, 2 or 3 as a version-4 file: header, its DEFLATE stream (RFC 1951), CRC32 of all before.
+
+  Huffman-coded streams do not shrink; what does is everything around them:
+  on LeNet-300-100 (a 11.7 KB file) 2.7%, on VGG19 at 1/8 width (45 KB) 15%.
+  """
+  header = _DEFLATED_HEADER.pack(MAGIC, DEFLATED_VERSION, len(content))
+  compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # Raw DEFLATE: the CRCs here replace zlib's own.
+  data = header + struct.pack("<I", zlib.crc32(header)) + compressor.compress(content) + compressor.flush()
+  return data + struct.pack("<I", zlib.crc32(data))
+
+
+def _is_deflated(data: memoryview) -> bool:
+  return len(data) >= 10 and bytes(data[:8]) == MAGIC and struct.unpack("<H", data[8:10])[0] == DEFLATED_VERSION
+
+
+def _inflated(data: memoryview, path: Path) -> memoryview:
+  """The file a version-4 file holds, checked; a file of another version as it is."""
+  if not _is_deflated(data):
+    return data
+  reader = _Reader(data, f"{path}: header")
+  _, _, size = reader.unpack(_DEFLATED_HEADER.format[1:])
+  (crc,) = reader.unpack("I")
+  if crc != zlib.crc32(data[:_DEFLATED_HEADER.size]):
+    raise DataError(f"{path}: header CRC mismatch: the file is corrupt")
+  if len(data) < reader.offset + 4 or struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+    raise DataError(f"{path}: file CRC32 mismatch: the file is corrupt or truncated")
+  if size > MAX_INFLATED_BYTES:
+    raise DataError(f"{path}: holds a file of {size} bytes; a reader takes at most {MAX_INFLATED_BYTES}")
+  inflater = zlib.decompressobj(-15)
+  try:
+    inner = inflater.decompress(data[reader.offset:-4], size + 1)  # One byte more than said shows a longer file.
+  except zlib.error as error:
+    raise DataError(f"{path}: the DEFLATE stream does not decode: {error}") from error
+  if len(inner) != size or not inflater.eof or inflater.unused_data:
+    raise DataError(f"{path}: the DEFLATE stream holds {len(inner)} bytes, not the {size} its header says, "
+                    f"or bytes follow its end")
+  if _is_deflated(memoryview(inner)):
+    raise DataError(f"{path}: a version-4 file holds another version-4 file; it holds one of version 1, 2 or 3")
+  return memoryview(inner)
+
+
 def _read_bytes(path: Path, size: int = -1) -> memoryview:
   try:
     with open(path, "rb") as file:
@@ -719,6 +768,10 @@ def read_metadata(path: str | Path) -> dict[str, Any] | None:
   """
   path = Path(path)
   reader = _Reader(_read_bytes(path, _HEADER.size + 4), f"{path}: header")
+  if _is_deflated(reader.data):  # Compressed whole: inflated whole.
+    reader = _Reader(_inflated(_read_bytes(path), path), f"{path}: header")
+    version, _ = _header(reader, path)
+    return _parse_metadata(_record(reader, 0, version, path), f"{path}: record 0") if version >= 3 else None
   version, _ = _header(reader, path)
   if version < METADATA_VERSION:
     return None
@@ -742,7 +795,7 @@ def read(path: str | Path, dense: bool = False) -> dict[str, Any]:
   straight into it: what inference in the dense form needs, in less time.
 
   Reads format versions 1, 2 and 3 (whose metadata record `read_metadata`
-  returns). Boxed leaves come back unboxed (`flax_trees.rebox` puts a
+  returns), and 4, a DEFLATE-compressed file of one of them. Boxed leaves come back unboxed (`flax_trees.rebox` puts a
   template's boxes back); integer keys come back as integers, so the pure dict
   of an nnx.State loads back with `flax_trees.load`.
 
@@ -752,7 +805,7 @@ def read(path: str | Path, dense: bool = False) -> dict[str, Any]:
   not first, or bytes after the last record.
   """
   path = Path(path)
-  data = _read_bytes(path)
+  data = _inflated(_read_bytes(path), path)
   reader = _Reader(data, f"{path}: header")
   version, count = _header(reader, path)
   flat, leaves, dicts = {}, {}, {}

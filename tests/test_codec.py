@@ -480,3 +480,59 @@ def test_kernel_positions_undo_the_neuron_major_walk(shape):
   size = int(np.prod(shape))
   order = codec.neuron_major(np.arange(size).reshape(shape)).reshape(-1)  # C position at each walk position.
   np.testing.assert_array_equal(codec.kernel_positions(np.arange(size), shape), order)
+
+
+@pytest.mark.parametrize("metadata", [None, METADATA])
+def test_a_deflated_file_is_version_4_smaller_and_reads_back_the_same_tree_and_metadata(tmp_path, metadata):
+  tree = mixed_tree()
+  plain = codec.write(tmp_path / "plain.dcz", tree, "auto", metadata)
+  deflated = codec.write(tmp_path / "deflated.dcz", tree, "auto", metadata, deflate=True)
+  content = (tmp_path / "deflated.dcz").read_bytes()
+  assert content[:8] == codec.MAGIC and struct.unpack_from("<H", content, 8)[0] == 4
+  assert deflated.totals["file_bytes"] == len(content) < plain.totals["file_bytes"]
+  # It holds the plain file, byte for byte: raw DEFLATE after the 22-byte header, a CRC32 last.
+  inner = (tmp_path / "plain.dcz").read_bytes()
+  assert struct.unpack_from("<Q", content, 10)[0] == len(inner)
+  assert zlib.decompress(content[22:-4], -15) == inner
+  assert_same_leaves(codec.read(tmp_path / "deflated.dcz"), codec.read(tmp_path / "plain.dcz"))
+  assert codec.read_metadata(tmp_path / "deflated.dcz") == metadata
+  assert_same_leaves(codec.read(tmp_path / "deflated.dcz", dense=True), codec.read(tmp_path / "plain.dcz", dense=True))
+
+
+def _deflated_file(header_size: int, inner: bytes, stream: bytes | None = None) -> bytes:
+  """A version-4 file saying the inner file has `header_size` bytes, holding `stream` (default: `inner` deflated)."""
+  header = struct.pack("<8sHQ", codec.MAGIC, 4, header_size)
+  if stream is None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = compressor.compress(inner) + compressor.flush()
+  data = header + struct.pack("<I", zlib.crc32(header)) + stream
+  return data + struct.pack("<I", zlib.crc32(data))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("flipped", "file CRC32 mismatch"),
+    ("truncated", "file CRC32 mismatch"),
+    ("header", "header CRC mismatch"),
+    ("size too small", "not the 99 its header says"),
+    ("size too large", "holds"),
+    ("not deflate", "does not decode"),
+    ("nested", "holds another version-4 file"),
+    ("inner corrupt", "record 0 ('params/conv1/kernel') is corrupt"),
+])
+def test_a_bad_deflated_file_fails_in_one_line_naming_the_file(tmp_path, model_file, case, message):
+  inner = model_file.read_bytes()
+  good = codec.deflated(inner)
+  content = {
+      "flipped": good[:30] + bytes([good[30] ^ 1]) + good[31:],
+      "truncated": good[:-9],
+      "header": good[:12] + bytes([good[12] ^ 1]) + good[13:],
+      "size too small": _deflated_file(99, inner),
+      "size too large": _deflated_file(len(inner) + 1, inner),
+      "not deflate": _deflated_file(len(inner), inner, stream=b"\xff" * 40),
+      "nested": _deflated_file(len(good), good),
+      "inner corrupt": _deflated_file(len(inner), inner[:60] + bytes([inner[60] ^ 1]) + inner[61:]),
+  }[case]
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(content)
+  with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + re.escape(message)):
+    codec.read(path)

@@ -386,6 +386,7 @@ def test_the_override_rules_know_base_pys_defaults():
     ("share.epochs", -1, "share.epochs=-1"),
     ("share.learning_rate", 0.0, "share.learning_rate=0.0"),
     ("share.max_iterations", 0, "share.max_iterations=0"),
+    ("codec.deflate", "yes", "codec.deflate='yes' is not valid; valid: True or False"),
     ("distill.weight", 1.5, "distill.weight=1.5 is not valid; valid: a number >= 0 and <= 1"),
     ("distill.temperature", 0.0, "distill.temperature=0.0 is not valid; valid: a number > 0"),
     ("share.train_unshared", "yes", "share.train_unshared='yes'"),
