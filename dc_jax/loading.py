@@ -34,10 +34,15 @@ def describe(model: dict[str, Any], dataset: data.Dataset) -> dict[str, Any]:
     model: `models.create_model`'s keywords, name included (a config's `model` section).
     dataset: the data the model was trained on; its statistics normalise the images at inference.
   """
-  settings = json.loads(json.dumps(dict(model)))  # Plain JSON values: tuples become lists, ConfigDicts dicts.
+  settings = json.loads(json.dumps(models.settings_of(dict(model))))  # JSON values: tuples become lists.
   return {"model": settings, "input_shape": [int(d) for d in dataset.image_shape], "dataset": dataset.name,
-          "num_classes": int(dataset.num_classes), "mean": [float(m) for m in dataset.mean],
-          "std": [float(s) for s in dataset.std]}
+          "num_classes": int(dataset.num_classes), "mean": [_float32(m) for m in dataset.mean],
+          "std": [_float32(s) for s in dataset.std]}
+
+
+def _float32(value: float) -> float:
+  """The shortest decimal that reads back as the same float32: what normalisation computes in."""
+  return float(str(np.float32(value)))
 
 
 def metadata(path: str | Path) -> dict[str, Any]:

@@ -52,9 +52,20 @@ def test_load_takes_uint8_images_and_normalises_them_with_the_files_statistics(n
 def test_describe_round_trips_through_the_file(tmp_path):
   _, _, dataset, path = written("tiny_vgg", tmp_path)
   described = loading.metadata(path)
+  statistics = {name: np.asarray(described.pop(name), np.float32) for name in ("mean", "std")}
   assert described == {"model": MODEL_SETTINGS["tiny_vgg"], "input_shape": [32, 32, 3], "dataset": "cifar10",
-                       "num_classes": 10, "mean": dataset.mean.tolist(), "std": dataset.std.tolist()}
-  assert loading.model_of(described) == MODELS["tiny_vgg"][0]
+                       "num_classes": 10}
+  # Each statistic as the shortest decimal of its float32: the same float32 back, in fewer bytes.
+  np.testing.assert_array_equal(statistics["mean"], dataset.mean)
+  np.testing.assert_array_equal(statistics["std"], dataset.std)
+  assert loading.model_of({**described, **statistics}) == MODELS["tiny_vgg"][0]
+
+
+def test_a_lenets_description_leaves_out_the_vgg_settings_it_ignores():
+  config_model = {"name": "lenet5", "depth": 19, "width": 1.0, "channels": (), "classifier_widths": (4096, 4096),
+                  "dropout": 0.5, "conv_impl": "auto", "dtype": "float32"}
+  assert loading.describe(config_model, dataset_like((28, 28, 1)))["model"] == {"name": "lenet5", "dtype": "float32"}
+  assert loading.describe({**config_model, "name": "vgg"}, dataset_like((32, 32, 3)))["model"]["depth"] == 19
 
 
 def test_the_dense_form_holds_the_kernels_decoded_straight_to_dense(tmp_path):

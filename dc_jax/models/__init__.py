@@ -1,6 +1,7 @@
 """The networks of Deep Compression and of the PyTorch original, as plain flax.linen modules."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from dc_jax.models.lenet import LeNet5, LeNet300100
 from dc_jax.models.vgg import VGG
 
 __all__ = ["VGG", "LeNet300100", "LeNet5", "create_model", "compute_dtype", "MODEL_NAMES", "INPUT_SHAPES",
-           "COMPUTE_DTYPES"]
+           "COMPUTE_DTYPES", "settings_of"]
 
 MODEL_NAMES = ("vgg", "lenet300_100", "lenet5")
 
@@ -28,6 +29,14 @@ def compute_dtype(name: str) -> type:
   if name not in COMPUTE_DTYPES:
     raise ConfigError(f"model.dtype={name!r} is not a compute dtype; valid: {', '.join(COMPUTE_DTYPES)}")
   return COMPUTE_DTYPES[name]
+
+
+VGG_SETTINGS = ("depth", "width", "channels", "classifier_widths", "dropout", "conv_impl")  # The LeNets ignore these.
+
+
+def settings_of(model: dict[str, Any]) -> dict[str, Any]:
+  """`create_model`'s keywords (a config's model section) less those its model ignores: what a file describes."""
+  return {name: value for name, value in model.items() if model.get("name") == "vgg" or name not in VGG_SETTINGS}
 
 
 def create_model(name: str, num_classes: int, *, depth: int = 19, width: float = 1.0, channels: Sequence[int] = (),
