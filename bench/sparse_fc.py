@@ -3,14 +3,16 @@
   python bench/sparse_fc.py [--repeats 30] [--sweep_repeats 15]
 
 Each layer's kernel is random, pruned at random to the stated fraction kept.
-Contenders, run in turn (bench/common.py): the dense jitted `x @ W`; scipy's
-CSR matrix-vector product called directly; the same through
-`jax.pure_callback` inside jit (`inference.sparse_matmul`, what the `sparse`
-form runs); and `jax.experimental.sparse` BCSR and BCOO under jit. Then a sweep
-of the kept fraction on a 4096x4096 layer finds the crossover density, where
-scipy's CSR stops being faster than dense.
+Contenders, run in turn (bench/common.py): the dense jitted `x @ W` (XLA: every
+core); scipy's CSR matrix-vector product called directly (one core); the same
+cut into row blocks run on --threads cores at once (`inference.row_blocks`, "CSR
+par"); one thread through `jax.pure_callback` inside jit (`inference.sparse_matmul`,
+what the `sparse` form runs, one thread); and `jax.experimental.sparse` BCSR and BCOO
+under jit. Then a sweep of the kept fraction on a 4096x4096 layer finds the
+crossover density, where scipy's CSR product stops being faster than dense.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from dc_jax import inference  # noqa: E402
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per contender and layer.")
 _SWEEP_REPEATS = flags.DEFINE_integer("sweep_repeats", 15, "Timed calls per density of the sweep.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kernels and inputs.")
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads of the row-blocked CSR product (CSR par).")
 
 # (name, inputs, outputs, kept): LeNet-300-100's ip1 (paper Table 1), the paper's Fig. 9 shapes (AlexNet fc6,
 # fc7 at 9% kept), and VGG19's classifier as this repository's CIFAR VGG19 has it (512->4096->4096->10) at ~3%.
@@ -49,12 +52,14 @@ def pruned_kernel(inputs: int, outputs: int, kept: float, rng: np.random.Generat
 def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> dict:
   """Zero-argument calls computing `x @ kernel`, checked against each other before they are timed."""
   matrix = inference.csr(kernel)
+  blocks = inference.row_blocks(matrix, _THREADS.value)
   dense_kernel, x_device = jnp.asarray(kernel), jnp.asarray(x)
   dense = jax.jit(lambda x, w: x @ w)
   calls = {"dense (jit x @ W)": lambda: dense(x_device, dense_kernel),
-           "scipy CSR": lambda: matrix @ x[0]}
+           "scipy CSR": lambda: matrix @ x[0],
+           "scipy CSR, row blocks in parallel": lambda: inference.blocks_matmul(blocks, x[0])}
   if everything:
-    callback = jax.jit(lambda x: inference.sparse_matmul(x, matrix))
+    callback = jax.jit(lambda x: inference.sparse_matmul(x, matrix))  # The `sparse` form's default: one thread.
     bcsr, bcoo = jsparse.BCSR.fromdense(jnp.asarray(kernel.T)), jsparse.BCOO.fromdense(jnp.asarray(kernel.T))
     product = jax.jit(lambda m, x: m @ x[0])
     calls |= {"scipy CSR via pure_callback": lambda: callback(x_device),
@@ -70,26 +75,29 @@ def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> di
 def main(argv):
   del argv
   rng = np.random.default_rng(_SEED.value)
-  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / scipy CSR")
-  print(f"{'layer':<17}{'in x out':>12}{'kept':>6}  " + "".join(f"{h:>11}" for h in
-        ("dense", "CSR", "CSR/jit", "BCSR", "BCOO", "speed-up")))
+  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / CSR, dense / CSR par "
+        f"({_THREADS.value} threads), dense / CSR through jit")
+  print(f"{'layer':<17}{'in x out':>12}{'kept':>6}  " + "".join(f"{h:>9}" for h in
+        ("dense", "CSR", "CSR par", "CSR/jit", "BCSR", "BCOO", "x CSR", "x par", "x jit")))
   for name, inputs, outputs, kept in LAYERS:
     kernel = pruned_kernel(inputs, outputs, kept, rng)
     x = rng.standard_normal((1, inputs), np.float32)
     medians = interleaved_medians(contenders(kernel, x), _REPEATS.value)
     times = [1e3 * t for t in medians.values()]
-    print(f"{name:<17}{f'{inputs}x{outputs}':>12}{kept:>6.0%}  " + "".join(f"{t:>11.3f}" for t in times)
-          + f"{times[0] / times[1]:>10.2f}x", flush=True)
+    print(f"{name:<17}{f'{inputs}x{outputs}':>12}{kept:>6.0%}  " + "".join(f"{t:>9.3f}" for t in times)
+          + "".join(f"{times[0] / t:>8.2f}x" for t in times[1:4]), flush=True)
   print(f"\ncrossover sweep, 4096x4096, batch 1, median of {_SWEEP_REPEATS.value} (ms)")
-  print(f"{'kept':>6}{'dense':>10}{'CSR':>10}{'speed-up':>10}")
+  print(f"{'kept':>6}{'dense':>10}{'CSR':>10}{'CSR par':>10}{'x CSR':>9}{'x par':>9}")
   crossover = None
   for kept in SWEEP:
     kernel = pruned_kernel(4096, 4096, kept, rng)
     x = rng.standard_normal((1, 4096), np.float32)
-    dense_s, sparse_s = interleaved_medians(contenders(kernel, x, everything=False), _SWEEP_REPEATS.value).values()
-    if crossover is None and sparse_s >= dense_s:
+    dense_s, csr_s, par_s = interleaved_medians(contenders(kernel, x, everything=False),
+                                                _SWEEP_REPEATS.value).values()
+    if crossover is None and csr_s >= dense_s:
       crossover = kept
-    print(f"{kept:>6.0%}{1e3 * dense_s:>10.3f}{1e3 * sparse_s:>10.3f}{dense_s / sparse_s:>9.2f}x", flush=True)
+    print(f"{kept:>6.0%}{1e3 * dense_s:>10.3f}{1e3 * csr_s:>10.3f}{1e3 * par_s:>10.3f}{dense_s / csr_s:>8.2f}x"
+          f"{dense_s / par_s:>8.2f}x", flush=True)
   print(f"sparse stops paying at {crossover:.0%} kept" if crossover else "sparse pays at every density swept")
 
 

@@ -9,14 +9,18 @@
   scipy.sparse through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU at batch 1, the BCSR
   and BCOO products of `jax.experimental.sparse` were 2-5x slower than the dense one at 9% kept,
   while scipy's CSR product was 2.5-3.8x faster, and faster than dense up to 25-30% kept
-  (bench/sparse_fc.py, BENCHMARKS.md).
+  (bench/sparse_fc.py, BENCHMARKS.md). With `threads`, large products are cut into
+  row blocks that run on several cores at once (`row_blocks`), as XLA's dense one does.
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -109,21 +113,52 @@ def csr(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csr_array:
   return scipy.sparse.csr_array(np.ascontiguousarray(dense.T))
 
 
-def sparse_matmul(x: jax.Array, matrix: scipy.sparse.csr_array) -> jax.Array:
-  """`x @ kernel` for x [batch, in] by scipy's CSR product, callable inside jit (on the host, float32)."""
+# Nonzeros below which a product runs on one thread: handing a block to another thread costs ~20-50 us.
+PARALLEL_NONZEROS = 1 << 17
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dc_jax.sparse")
+
+
+def row_blocks(matrix: scipy.sparse.csr_array, threads: int = 1) -> list[scipy.sparse.csr_array]:
+  """The matrix cut into blocks of whole rows with about equal nonzeros, one per thread (one if it is small).
+
+  scipy's CSR product runs on one core, releasing the GIL, so the blocks of
+  one product can run on several cores at once, as XLA's dense product does.
+  That pays only where cores are idle: on this shared 2-core machine at load
+  average ~12, two threads were slower than one (bench/sparse_fc.py).
+  """
+  parts = max(1, threads) if matrix.nnz >= PARALLEL_NONZEROS else 1
+  cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, parts + 1)[1:-1])
+  bounds = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
+  return [matrix[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+def blocks_matmul(blocks: list[scipy.sparse.csr_array], x: np.ndarray) -> np.ndarray:
+  """`matrix @ x` (x a vector, or [in, batch]) from its row blocks, one thread each."""
+  if len(blocks) == 1:
+    return blocks[0] @ x
+  return np.concatenate(list(_pool().map(lambda block: block @ x, blocks)))
+
+
+def sparse_matmul(x: jax.Array, matrix: scipy.sparse.csr_array, threads: int = 1) -> jax.Array:
+  """`x @ kernel` for x [batch, in] by scipy's CSR product on `threads` threads, callable inside jit (on the host)."""
   rows = matrix.shape[0]
+  blocks = row_blocks(matrix, threads)
 
   def host(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if x.shape[0] == 1:  # A matrix-vector product: scipy's csr_matvec, the paper's batch-1 case.
-      return (matrix @ x[0])[None].astype(np.float32, copy=False)
-    return np.ascontiguousarray((matrix @ x.T).T, np.float32)
+      return blocks_matmul(blocks, x[0])[None].astype(np.float32, copy=False)
+    return np.ascontiguousarray(blocks_matmul(blocks, x.T).T, np.float32)
 
   shape = jax.ShapeDtypeStruct((x.shape[0], rows), jnp.float32)
   return jax.pure_callback(host, shape, x.astype(jnp.float32), vmap_method="sequential")
 
 
-def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.csr_array]) -> Callable[..., Any]:
+def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.csr_array], threads: int) -> Callable[..., Any]:
   """Runs the nn.Dense layers named in `matrices` as sparse products; every other call as it is."""
 
   def intercept(next_fun, args, kwargs, context):
@@ -131,7 +166,7 @@ def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.csr_array])
     if not (isinstance(module, nn.Dense) and context.method_name == "__call__" and module.path in matrices):
       return next_fun(*args, **kwargs)
     x = args[0]
-    y = sparse_matmul(x.reshape(-1, x.shape[-1]), matrices[module.path]).reshape(*x.shape[:-1], -1)
+    y = sparse_matmul(x.reshape(-1, x.shape[-1]), matrices[module.path], threads).reshape(*x.shape[:-1], -1)
     bias = module.get_variable("params", "bias")
     y = y if bias is None else y + bias
     return y.astype(module.dtype or x.dtype)
@@ -182,7 +217,7 @@ def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], A
 
 def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbles: bool | None = None,
               preprocess: Callable[[jax.Array], jax.Array] | None = None, metadata: dict[str, Any] | None = None,
-              **apply_kwargs: Any) -> Predictor:
+              threads: int = 1, **apply_kwargs: Any) -> Predictor:
   """A ready `predict(images) -> logits` of a flax.linen model from a variables tree as `codec.read` returns it.
 
   Args:
@@ -192,6 +227,7 @@ def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbl
     nibbles: `codebook` form only; 4-bit codes where k + 1 <= 16 (None), always (True) or never (False).
     preprocess: applied to the images inside the jitted function first (`dc_jax.load`: uint8 -> normalised).
     metadata: kept on the Predictor, for its caller.
+    threads: `sparse` form only; threads per large CSR product (`row_blocks`): os.cpu_count() where cores are idle.
     apply_kwargs: passed to `model.apply` (e.g. train=False).
   """
   if form not in FORMS:
@@ -214,7 +250,7 @@ def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbl
     if preprocess is not None:
       images = preprocess(images)
     if form == "sparse":
-      with nn.intercept_methods(_sparse_interceptor(matrices)):
+      with nn.intercept_methods(_sparse_interceptor(matrices, threads)):
         return model.apply(variables, images, **apply_kwargs)
     return model.apply(_expand_all(variables), images, **apply_kwargs)
 

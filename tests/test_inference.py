@@ -98,3 +98,24 @@ def test_unknown_form_is_refused(tmp_path):
   model, variables, _ = decoded("lenet300100", tmp_path)
   with pytest.raises(ValueError, match="codebook"):
     inference.predictor(model, variables, "bcsr")
+
+
+def test_row_blocks_cover_every_row_once_and_multiply_as_the_whole_matrix():
+  rng = np.random.default_rng(0)
+  kernel = np.where(rng.random((600, 500)) < 0.5, rng.standard_normal((600, 500)), 0).astype(np.float32)
+  matrix = inference.csr(kernel)
+  assert matrix.nnz >= inference.PARALLEL_NONZEROS
+  blocks = inference.row_blocks(matrix, threads=3)
+  assert len(blocks) == 3 and sum(b.shape[0] for b in blocks) == 500
+  assert max(b.nnz for b in blocks) - min(b.nnz for b in blocks) <= 2 * 600  # Balanced to within a row or two.
+  x = rng.standard_normal(600).astype(np.float32)
+  np.testing.assert_allclose(inference.blocks_matmul(blocks, x), kernel.T @ x, rtol=1e-4, atol=1e-4)
+  assert len(inference.row_blocks(inference.csr(kernel[:10]), threads=3)) == 1  # Too small to split.
+
+
+def test_sparse_form_on_two_threads_gives_the_same_logits(tmp_path):
+  model, variables, images = decoded("lenet300100", tmp_path)
+  one = inference.predictor(model, variables, "sparse")
+  two = inference.predictor(model, variables, "sparse", threads=2)
+  chex.assert_trees_all_close(two(images[:1]), one(images[:1]), atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(two(images), one(images), atol=1e-5, rtol=1e-5)
