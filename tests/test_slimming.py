@@ -114,6 +114,19 @@ def test_select_channels_meets_the_flops_target_with_the_largest_scales(trained_
     assert removed.max() <= kept.min()
 
 
+@pytest.mark.parametrize("scope", slimming.SCOPES)
+def test_select_channels_keeps_multiples_of_the_given_count(scope):
+  params = jax.eval_shape(models.create_model("vgg", 10, width=1 / 4, classifier_widths=()).init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape).astype(np.float32), params)
+  keep = slimming.select_channels(params, 19, (), 10, 0.4, scope, multiple=8)
+  channels = [int(k.sum()) for k in keep.values()]
+  assert all(c % 8 == 0 for c in channels), channels
+  full = vgg.conv_channels(19, 1 / 4)
+  assert slimming.vgg_flops(channels, 19, (), 10) <= 0.4 * slimming.vgg_flops(full, 19, (), 10)
+
+
 def test_select_channels_rejects_a_bad_target_or_scope(trained_like):
   with pytest.raises(ConfigError, match=re.escape("flops_fraction=0.0")):
     slimming.select_channels(trained_like["params"], DEPTH, CLASSIFIER, 10, 0.0)
