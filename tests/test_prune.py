@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import lenet5
-from dc_jax import codec, data, experiment, models, prune, rules, share, train
+from dc_jax import codec, data, experiment, models, provenance, prune, rules, share, train
 from dc_jax.errors import ConfigError
 from tests.conftest import synthetic_dataset
 
@@ -444,3 +444,10 @@ def test_a_config_builds_the_structured_plan_it_names():
 def test_a_structure_setting_that_does_not_fit_is_one_config_error(fields, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     experiment.Experiment.from_config(_lenet5_config(**fields))
+
+
+def test_structure_settings_are_dependencies_of_pruning_and_what_follows_not_of_the_baseline():
+  config = lenet5.get_config()
+  for field in ("prune.structure", "prune.n", "prune.m", "prune.block_shape", "prune.block_score"):
+    assert field in provenance.stage_fields(config, "pruned") and field in provenance.stage_fields(config, "encoded")
+    assert field not in provenance.stage_fields(config, "baseline")

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import lenet5, tiny
-from dc_jax import experiment, flops, models, slimming
+from dc_jax import experiment, flops, models, provenance, slimming
 from dc_jax.errors import ConfigError
 from dc_jax.models import vgg
 
@@ -201,3 +201,9 @@ def test_a_shrunk_vgg_is_one_config_setting():
   config.model.width, config.model.channels = 1.0, (3, 5, 7, 9, 2, 4, 6, 8)
   plan = experiment.Experiment.from_config(config)
   assert plan.model["channels"] == (3, 5, 7, 9, 2, 4, 6, 8)
+
+
+def test_slimming_settings_are_dependencies_of_the_baseline_and_so_of_every_stage():
+  config = tiny.get_config()
+  for field in ("train.bn_scale_l1", "train.bn_scale_l1_flops", "model.channels"):
+    assert all(field in provenance.stage_fields(config, stage) for stage in provenance.ORDER)
