@@ -4,12 +4,14 @@
 
 Each layer's kernel is random, pruned at random to the stated fraction kept.
 Contenders, run in turn (bench/common.py): the dense jitted `x @ W` (XLA: every
-core); scipy's CSR matrix-vector product called directly (one core); the same
-cut into row blocks run on --threads cores at once (`inference.row_blocks`, "CSR
-par"); one thread through `jax.pure_callback` inside jit (`inference.sparse_matmul`,
-what the `sparse` form runs, one thread); and `jax.experimental.sparse` BCSR and BCOO
+core); scipy's CSR matrix-vector product called directly (one core); its CSC
+product of the same matrix (`inference.csc`: stored by the kernel's rows, so x
+is read in order and the outputs are added to in cache); the CSR product cut
+into row blocks run on --threads cores at once (`inference.row_blocks`, "CSR
+par"); the CSC product through `jax.pure_callback` inside jit
+(`inference.sparse_matmul`, what the `sparse` form runs, one thread); and `jax.experimental.sparse` BCSR and BCOO
 under jit. Then a sweep of the kept fraction on a 4096x4096 layer finds the
-crossover density, where scipy's CSR product stops being faster than dense.
+crossover density, where scipy's CSC product stops being faster than dense.
 """
 
 import os
@@ -55,14 +57,16 @@ def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> di
   blocks = inference.row_blocks(matrix, _THREADS.value)
   dense_kernel, x_device = jnp.asarray(kernel), jnp.asarray(x)
   dense = jax.jit(lambda x, w: x @ w)
+  by_input = inference.csc(kernel)
   calls = {"dense (jit x @ W)": lambda: dense(x_device, dense_kernel),
            "scipy CSR": lambda: matrix @ x[0],
+           "scipy CSC (of W.T: W's rows)": lambda: by_input @ x[0],
            "scipy CSR, row blocks in parallel": lambda: inference.blocks_matmul(blocks, x[0])}
   if everything:
-    callback = jax.jit(lambda x: inference.sparse_matmul(x, matrix))  # The `sparse` form's default: one thread.
+    callback = jax.jit(lambda x: inference.sparse_matmul(x, by_input))  # The `sparse` form's default: CSC, one thread.
     bcsr, bcoo = jsparse.BCSR.fromdense(jnp.asarray(kernel.T)), jsparse.BCOO.fromdense(jnp.asarray(kernel.T))
     product = jax.jit(lambda m, x: m @ x[0])
-    calls |= {"scipy CSR via pure_callback": lambda: callback(x_device),
+    calls |= {"scipy CSC via pure_callback": lambda: callback(x_device),
               "jax.experimental.sparse BCSR": lambda: product(bcsr, x_device),
               "jax.experimental.sparse BCOO": lambda: product(bcoo, x_device)}
   expected = np.asarray(calls["dense (jit x @ W)"]())
@@ -75,29 +79,29 @@ def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> di
 def main(argv):
   del argv
   rng = np.random.default_rng(_SEED.value)
-  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / CSR, dense / CSR par "
-        f"({_THREADS.value} threads), dense / CSR through jit")
+  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / CSR, CSC, CSR par "
+        f"({_THREADS.value} threads), CSC through jit")
   print(f"{'layer':<17}{'in x out':>12}{'kept':>6}  " + "".join(f"{h:>9}" for h in
-        ("dense", "CSR", "CSR par", "CSR/jit", "BCSR", "BCOO", "x CSR", "x par", "x jit")))
+        ("dense", "CSR", "CSC", "CSR par", "CSC/jit", "BCSR", "BCOO", "x CSR", "x CSC", "x par", "x jit")))
   for name, inputs, outputs, kept in LAYERS:
     kernel = pruned_kernel(inputs, outputs, kept, rng)
     x = rng.standard_normal((1, inputs), np.float32)
     medians = interleaved_medians(contenders(kernel, x), _REPEATS.value)
     times = [1e3 * t for t in medians.values()]
     print(f"{name:<17}{f'{inputs}x{outputs}':>12}{kept:>6.0%}  " + "".join(f"{t:>9.3f}" for t in times)
-          + "".join(f"{times[0] / t:>8.2f}x" for t in times[1:4]), flush=True)
+          + "".join(f"{times[0] / t:>8.2f}x" for t in times[1:5]), flush=True)
   print(f"\ncrossover sweep, 4096x4096, batch 1, median of {_SWEEP_REPEATS.value} (ms)")
-  print(f"{'kept':>6}{'dense':>10}{'CSR':>10}{'CSR par':>10}{'x CSR':>9}{'x par':>9}")
+  print(f"{'kept':>6}{'dense':>10}{'CSR':>10}{'CSC':>10}{'CSR par':>10}{'x CSR':>9}{'x CSC':>9}{'x par':>9}")
   crossover = None
   for kept in SWEEP:
     kernel = pruned_kernel(4096, 4096, kept, rng)
     x = rng.standard_normal((1, 4096), np.float32)
-    dense_s, csr_s, par_s = interleaved_medians(contenders(kernel, x, everything=False),
-                                                _SWEEP_REPEATS.value).values()
-    if crossover is None and csr_s >= dense_s:
+    dense_s, csr_s, csc_s, par_s = interleaved_medians(contenders(kernel, x, everything=False),
+                                                       _SWEEP_REPEATS.value).values()
+    if crossover is None and csc_s >= dense_s:
       crossover = kept
-    print(f"{kept:>6.0%}{1e3 * dense_s:>10.3f}{1e3 * csr_s:>10.3f}{1e3 * par_s:>10.3f}{dense_s / csr_s:>8.2f}x"
-          f"{dense_s / par_s:>8.2f}x", flush=True)
+    print(f"{kept:>6.0%}" + "".join(f"{1e3 * t:>10.3f}" for t in (dense_s, csr_s, csc_s, par_s))
+          + "".join(f"{dense_s / t:>8.2f}x" for t in (csr_s, csc_s, par_s)), flush=True)
   print(f"sparse stops paying at {crossover:.0%} kept" if crossover else "sparse pays at every density swept")
 
 

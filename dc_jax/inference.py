@@ -5,12 +5,13 @@
   expanded inside the jitted forward pass. The mask is folded into the codes (code 0 is a 0.0
   codeword, code i + 1 is centroid i), so a kept weight costs one byte, or half a byte when the
   k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart.
-- `sparse`: pruned fully connected kernels (2-D SharedKernels) run as CSR matrix products with
-  scipy.sparse through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU at batch 1, the BCSR
-  and BCOO products of `jax.experimental.sparse` were 2-5x slower than the dense one at 9% kept,
-  while scipy's CSR product was 2.5-3.8x faster, and faster than dense up to 25-30% kept
-  (bench/sparse_fc.py, BENCHMARKS.md). With `threads`, large products are cut into
-  row blocks that run on several cores at once (`row_blocks`), as XLA's dense one does.
+- `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products with
+  scipy.sparse through `jax.pure_callback` (CSC of the transpose: the kernel's own rows); the rest as in
+  `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse` were
+  2-5x slower than the dense one at 9% kept, while scipy's CSR product was 2.5-6x faster and its
+  CSC product faster still (bench/sparse_fc.py, BENCHMARKS.md). With `threads`, large products
+  are cut into CSR row blocks that run on several cores at once (`row_blocks`), as XLA's dense
+  one does.
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
 """
@@ -113,6 +114,18 @@ def csr(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csr_array:
   return scipy.sparse.csr_array(np.ascontiguousarray(dense.T))
 
 
+def csc(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csc_array:
+  """A Dense kernel [in, out] as the CSC matrix of its transpose [out, in]: stored input by input, as the kernel is.
+
+  What the `sparse` form multiplies with on one thread. The batch-1 product
+  then reads x in order and adds into y (the outputs, in L1), where CSR's
+  gathers x at random: 1.13 against 1.28 ms on 4096x4096 at 9% kept, 2.6
+  against 3.6-4.3 ms on 4096x9216 (load average ~8; bench/sparse_fc.py).
+  """
+  dense = _dense(kernel) if is_shared(kernel) else np.asarray(kernel)
+  return scipy.sparse.csr_array(dense).T  # The transpose of a CSR matrix is CSC, without a copy.
+
+
 # Nonzeros below which a product runs on one thread: handing a block to another thread costs ~20-50 us.
 PARALLEL_NONZEROS = 1 << 17
 
@@ -122,8 +135,8 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dc_jax.sparse")
 
 
-def row_blocks(matrix: scipy.sparse.csr_array, threads: int = 1) -> list[scipy.sparse.csr_array]:
-  """The matrix cut into blocks of whole rows with about equal nonzeros, one per thread (one if it is small).
+def row_blocks(matrix: scipy.sparse.sparray, threads: int = 1) -> list[scipy.sparse.sparray]:
+  """The matrix cut into CSR blocks of whole rows with about equal nonzeros, one per thread; itself if small.
 
   scipy's CSR product runs on one core, releasing the GIL, so the blocks of
   one product can run on several cores at once, as XLA's dense product does.
@@ -131,26 +144,33 @@ def row_blocks(matrix: scipy.sparse.csr_array, threads: int = 1) -> list[scipy.s
   average ~12, two threads were slower than one (bench/sparse_fc.py).
   """
   parts = max(1, threads) if matrix.nnz >= PARALLEL_NONZEROS else 1
+  if parts == 1:
+    return [matrix]
+  matrix = matrix.tocsr()
   cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, parts + 1)[1:-1])
   bounds = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
   return [matrix[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
-def blocks_matmul(blocks: list[scipy.sparse.csr_array], x: np.ndarray) -> np.ndarray:
+def blocks_matmul(blocks: list[scipy.sparse.sparray], x: np.ndarray) -> np.ndarray:
   """`matrix @ x` (x a vector, or [in, batch]) from its row blocks, one thread each."""
   if len(blocks) == 1:
     return blocks[0] @ x
   return np.concatenate(list(_pool().map(lambda block: block @ x, blocks)))
 
 
-def sparse_matmul(x: jax.Array, matrix: scipy.sparse.csr_array, threads: int = 1) -> jax.Array:
-  """`x @ kernel` for x [batch, in] by scipy's CSR product on `threads` threads, callable inside jit (on the host)."""
+def sparse_matmul(x: jax.Array, matrix: scipy.sparse.sparray, threads: int = 1) -> jax.Array:
+  """`x @ kernel` for x [batch, in] by scipy's product (`csc` or `csr` of the kernel) on `threads` threads.
+
+  Callable inside jit: it runs on the host, in float32. On more than one
+  thread a large matrix multiplies as CSR row blocks (`row_blocks`).
+  """
   rows = matrix.shape[0]
   blocks = row_blocks(matrix, threads)
 
   def host(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
-    if x.shape[0] == 1:  # A matrix-vector product: scipy's csr_matvec, the paper's batch-1 case.
+    if x.shape[0] == 1:  # A matrix-vector product (scipy's csc_matvec or csr_matvec): the paper's batch-1 case.
       return blocks_matmul(blocks, x[0])[None].astype(np.float32, copy=False)
     return np.ascontiguousarray(blocks_matmul(blocks, x.T).T, np.float32)
 
@@ -158,7 +178,7 @@ def sparse_matmul(x: jax.Array, matrix: scipy.sparse.csr_array, threads: int = 1
   return jax.pure_callback(host, shape, x.astype(jnp.float32), vmap_method="sequential")
 
 
-def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.csr_array], threads: int) -> Callable[..., Any]:
+def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.sparray], threads: int) -> Callable[..., Any]:
   """Runs the nn.Dense layers named in `matrices` as sparse products; every other call as it is."""
 
   def intercept(next_fun, args, kwargs, context):
@@ -181,7 +201,7 @@ class Predictor:
   form: str
   apply: Callable[[Variables, jax.Array], jax.Array]
   variables: Variables  # On the device: arrays, and CodebookKernels in the `codebook` form.
-  matrices: dict[tuple[str, ...], scipy.sparse.csr_array]  # `sparse` only: CSR kernels, in host memory.
+  matrices: dict[tuple[str, ...], scipy.sparse.sparray]  # `sparse` only: CSC kernels (`csc`), in host memory.
   metadata: dict[str, Any] | None = None  # What the file says about the model, when `dc_jax.load` made it.
 
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -232,12 +252,12 @@ def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbl
   """
   if form not in FORMS:
     raise ValueError(f"form={form!r} is not an inference form; valid: {', '.join(FORMS)}")
-  matrices: dict[tuple[str, ...], scipy.sparse.csr_array] = {}
+  matrices: dict[tuple[str, ...], scipy.sparse.sparray] = {}
   if form == "sparse":
     flat = _flatten(variables)
     sparse_paths = {path for path, leaf in flat.items()
                     if is_shared(leaf) and path[0] == "params" and path[-1] == "kernel" and leaf.mask.ndim == 2}
-    matrices = {path[1:-1]: csr(flat[path]) for path in sparse_paths}
+    matrices = {path[1:-1]: csc(flat[path]) for path in sparse_paths}
     variables = _without(variables, sparse_paths)
   if form == "codebook":
     host = jax.tree.map(lambda leaf: compact(leaf, nibbles) if is_shared(leaf) else leaf, variables,

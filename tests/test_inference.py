@@ -119,3 +119,14 @@ def test_sparse_form_on_two_threads_gives_the_same_logits(tmp_path):
   two = inference.predictor(model, variables, "sparse", threads=2)
   chex.assert_trees_all_close(two(images[:1]), one(images[:1]), atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(two(images), one(images), atol=1e-5, rtol=1e-5)
+
+
+def test_csc_of_the_transpose_multiplies_as_the_kernel_and_holds_its_rows():
+  rng = np.random.default_rng(1)
+  kernel = np.where(rng.random((300, 200)) < 0.1, rng.standard_normal((300, 200)), 0).astype(np.float32)
+  matrix = inference.csc(kernel)
+  assert matrix.format == "csc" and matrix.shape == (200, 300) and matrix.nnz == np.count_nonzero(kernel)
+  np.testing.assert_array_equal(np.diff(matrix.indptr), np.count_nonzero(kernel, axis=1))  # One column per input.
+  x = rng.standard_normal((4, 300)).astype(np.float32)
+  np.testing.assert_allclose(matrix @ x[0], x[0] @ kernel, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose((matrix @ x.T).T, x @ kernel, rtol=1e-5, atol=1e-5)
