@@ -15,6 +15,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on training machines.
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
@@ -243,6 +244,9 @@ def plot_pareto(path: Path, points: Sequence[tuple[str, int, float]], dense_byte
   ax.axhline(100 * (1 - reference_error), color="gray", linestyle="--", linewidth=0.8,
              label=f"the paper's limit ({100 * reference_error:.2f}% error)")
   ax.set_xscale("log")
+  kilobytes = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+  ax.xaxis.set_major_formatter(kilobytes)
+  ax.xaxis.set_minor_formatter(kilobytes)
   ax.set_xlabel("compressed file (KB, log scale)")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(name, fontsize=9)
