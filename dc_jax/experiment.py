@@ -118,6 +118,7 @@ class Experiment:
   reduction: str
   index_bits: codec.IndexBits
   raw_dtype: str
+  codebook_dtype: str
   deflate: bool
   sensitivity: ml_collections.ConfigDict
 
@@ -136,7 +137,7 @@ class Experiment:
         bn_scale_l1=config.train.bn_scale_l1, bn_scale_l1_flops=config.train.bn_scale_l1_flops,
         sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
         index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype,
-        deflate=config.codec.deflate, sensitivity=config.sensitivity)
+        codebook_dtype=config.codec.codebook_dtype, deflate=config.codec.deflate, sensitivity=config.sensitivity)
     _check_against_the_model(experiment)
     return experiment
 

@@ -265,6 +265,7 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
   start = time.perf_counter()
   variables = codec.narrow_raw_floats({"params": state.shared_params(), "batch_stats": state.batch_stats},
                                       experiment.raw_dtype)
+  variables = codec.narrow_codebooks(variables, experiment.codebook_dtype)
   content, summary = codec.encode(variables, experiment.index_bits, loading.describe(experiment.model, dataset),
                                   experiment.deflate)
   if distributed.is_primary():

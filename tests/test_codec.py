@@ -316,6 +316,26 @@ def test_float16_raw_leaves_make_a_smaller_file_that_reads_back_exactly(tmp_path
     codec.narrow_raw_floats(variables, "int8")
 
 
+def test_float16_codebooks_make_a_smaller_version_2_file_that_reads_back_exactly(tmp_path):
+  variables = mixed_tree()
+  narrowed = codec.narrow_codebooks(variables, "float16")
+  full = codec.write(tmp_path / "f32.dcz", variables, "auto")
+  half = codec.write(tmp_path / "f16.dcz", narrowed, "auto")
+  back = codec.read(tmp_path / "f16.dcz")
+  assert_same_leaves(back, narrowed)
+  assert struct.unpack_from("<H", (tmp_path / "f16.dcz").read_bytes(), 8)[0] == 2
+  kernel, original = back["params"]["fc1"]["kernel"], variables["params"]["fc1"]["kernel"]
+  assert kernel.codebook.dtype == np.float16
+  np.testing.assert_allclose(kernel.codebook, original.codebook, rtol=2**-11)
+  np.testing.assert_array_equal(kernel.indices, original.indices)
+  assert back["params"]["fc1"]["bias"].dtype == np.float32  # Raw leaves are codec.raw_dtype's.
+  centroids = 256 + 32 + 1000
+  # 2 bytes a centroid, less what version 2 adds (a type byte per key, a codebook dtype per kernel).
+  assert 2 * centroids - 64 <= full.totals["file_bytes"] - half.totals["file_bytes"] < 2 * centroids
+  with pytest.raises(ConfigError, match="codec.codebook_dtype='int8'"):
+    codec.narrow_codebooks(variables, "int8")
+
+
 def test_index_bits_0_means_auto_as_in_the_config():
   tree = mixed_tree()
   assert codec.encode(tree, 0)[0] == codec.encode(tree, "auto")[0]

@@ -387,6 +387,7 @@ def test_the_override_rules_know_base_pys_defaults():
     ("share.learning_rate", 0.0, "share.learning_rate=0.0"),
     ("share.max_iterations", 0, "share.max_iterations=0"),
     ("codec.deflate", "yes", "codec.deflate='yes' is not valid; valid: True or False"),
+    ("codec.codebook_dtype", "int8", "codec.codebook_dtype='int8' is not valid; valid: float32, float16"),
     ("distill.weight", 1.5, "distill.weight=1.5 is not valid; valid: a number >= 0 and <= 1"),
     ("distill.temperature", 0.0, "distill.temperature=0.0 is not valid; valid: a number > 0"),
     ("share.train_unshared", "yes", "share.train_unshared='yes'"),
