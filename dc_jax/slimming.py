@@ -191,7 +191,8 @@ def mask_channels(variables: Variables, keep: Keep, depth: int) -> Variables:
   return {**variables, "params": params}
 
 
-def shrink(variables: Variables, keep: Keep, depth: int) -> tuple[Variables, tuple[int, ...]]:
+def shrink(variables: Variables, keep: Keep, depth: int,
+           fold_constants: bool = False) -> tuple[Variables, tuple[int, ...]]:
   """The variables of the VGG with only the kept channels, and its `channels` setting (model.channels).
 
   Each conv loses its removed output channels and the previous conv's
@@ -199,27 +200,46 @@ def shrink(variables: Variables, keep: Keep, depth: int) -> tuple[Variables, tup
   channels; the first dense layer loses the rows that the removed channels of
   the last conv fed (flattened as (h, w, c)). Names and every other leaf are
   unchanged. Pure: the input is not modified.
+
+  With `fold_constants`, a removed channel is taken to output what it would
+  with gamma = 0, the constant relu(beta), and that constant's contribution
+  moves into the next layer's bias: exact for the first dense layer, exact
+  away from the borders of a SAME-padded conv (whose border taps see zero
+  padding instead). The L1 on the scales drives gamma, not beta, to zero, so
+  this is what keeps such a channel's constant.
   """
   _check_keep(variables, keep, depth)
   params, stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
-  previous = None
+  previous = constants = None
   for name in vgg.conv_names(depth):
     bn, kept = name.replace("conv", "bn"), np.flatnonzero(keep[name])
-    kernel = jnp.asarray(params[name]["kernel"])
+    kernel, bias = jnp.asarray(params[name]["kernel"]), jnp.asarray(params[name]["bias"])
     if previous is not None:
+      if fold_constants:
+        bias = bias + jnp.einsum("hwio,i->o", kernel[..., ~keep_of(previous, kernel.shape[-2]), :], constants)
       kernel = kernel[..., previous, :]
-    params[name] = {**params[name], "kernel": kernel[..., kept], "bias": jnp.asarray(params[name]["bias"])[kept]}
+    params[name] = {**params[name], "kernel": kernel[..., kept], "bias": bias[kept]}
+    constants = jax.nn.relu(jnp.asarray(params[bn]["bias"])[~np.asarray(keep[name])])
     params[bn] = {key: jnp.asarray(value)[kept] for key, value in params[bn].items()}
     if bn in stats:
       stats[bn] = {key: jnp.asarray(value)[kept] for key, value in stats[bn].items()}
     previous = kept
   first = "fc1"
-  kernel = jnp.asarray(params[first]["kernel"])
+  kernel, bias = jnp.asarray(params[first]["kernel"]), jnp.asarray(params[first]["bias"])
   last = np.shape(variables["params"][vgg.conv_names(depth)[-1]]["kernel"])[-1]
-  rows = kernel.reshape(-1, last, kernel.shape[-1])[:, previous, :]
-  params[first] = {**params[first], "kernel": rows.reshape(-1, kernel.shape[-1])}
+  rows = kernel.reshape(-1, last, kernel.shape[-1])
+  if fold_constants:
+    bias = bias + jnp.einsum("sio,i->o", rows[:, ~keep_of(previous, last), :], constants)
+  params[first] = {**params[first], "kernel": rows[:, previous, :].reshape(-1, kernel.shape[-1]), "bias": bias}
   channels = tuple(int(np.sum(keep[name])) for name in vgg.conv_names(depth))
   return {**variables, "params": params, "batch_stats": stats}, channels
+
+
+def keep_of(kept: np.ndarray, size: int) -> np.ndarray:
+  """Kept channel indices as a bool mask over `size` channels."""
+  mask = np.zeros(size, bool)
+  mask[kept] = True
+  return mask
 
 
 def summary(before: tuple[list[dict[str, Any]], dict[str, int]],

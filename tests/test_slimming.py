@@ -63,6 +63,23 @@ def test_the_shrunk_model_gives_the_masked_full_models_logits(trained_like, seed
   assert not np.allclose(_model().apply(trained_like, images), masked, atol=1e-3)
 
 
+def test_folding_keeps_the_constant_of_a_removed_channel_exactly_where_it_feeds_the_classifier(trained_like):
+  # Channels removed from the last conv only, with gamma = 0 (as the L1 leaves them) and beta kept.
+  last = vgg.conv_names(DEPTH)[-1]
+  keep = {name: np.ones(trained_like["params"][name]["kernel"].shape[-1], bool) for name in vgg.conv_names(DEPTH)}
+  keep[last][::2] = False
+  params = dict(trained_like["params"])
+  bn = last.replace("conv", "bn")
+  params[bn] = {**params[bn], "scale": jnp.where(jnp.asarray(keep[last]), params[bn]["scale"], 0.0)}
+  full = {**trained_like, "params": params}
+  small, channels = slimming.shrink(full, keep, DEPTH, fold_constants=True)
+  images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+  chex.assert_trees_all_close(_model(channels).apply(small, images), _model().apply(full, images), atol=1e-5,
+                              rtol=1e-5)
+  unfolded, _ = slimming.shrink(full, keep, DEPTH)
+  assert not np.allclose(_model(channels).apply(unfolded, images), _model().apply(full, images), atol=1e-3)
+
+
 def test_shrink_keeps_names_and_removes_inputs_outputs_and_statistics(trained_like):
   keep = _random_keep(trained_like, 2)
   small, channels = slimming.shrink(trained_like, keep, DEPTH)
