@@ -1,7 +1,7 @@
 """Test accuracy of the narrow VGG19 shrunk to FLOPs targets, before and after a short fine-tune (dc_jax/slimming.py).
 
   python bench/channel_accuracy.py [--workdir /work/runs/vgg19_fast_narrow] [--out /work/runs/channel_finetune]
-      [--flops 0.5,0.25] [--scope layer] [--multiple 8] [--epochs 2] [--l1 0.1 --l1_epochs 3]
+      [--flops 0.5,0.25] [--scope layer] [--multiple 8] [--epochs 2] [--l1 0.03 --l1_epochs 3] [--fold]
 
 The dense model is the baseline checkpoint of a configs/vgg19_fast.py:narrow
 run; channels are chosen by |gamma| and removed, then the smaller VGG is
@@ -39,6 +39,7 @@ _FLOPS = flags.DEFINE_list("flops", ["0.5", "0.25"], "FLOPs fractions to shrink 
 _SCOPE = flags.DEFINE_enum("scope", "layer", slimming.SCOPES, "Channels by |gamma| over all layers, or per layer.")
 _MULTIPLE = flags.DEFINE_integer("multiple", 8, "Each layer keeps a multiple of this many channels (or all).")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Fine-tuning epochs after shrinking.")
+_FOLD = flags.DEFINE_bool("fold", False, "Removed channels' constant relu(beta) into the next layer's bias.")
 _L1 = flags.DEFINE_float("l1", 0.0, "> 0: train the dense model with this L1 on its BatchNorm scales first...")
 _L1_EPOCHS = flags.DEFINE_integer("l1_epochs", 3, "...for this many epochs.")
 
@@ -83,17 +84,19 @@ def main(argv):
   results = {"weights": source, "dense_test_accuracy": dense_accuracy,
              "scales": [[float(x) for x in g] for g in slimming.scales(variables["params"], depth)], "scope": _SCOPE.value, "multiple": _MULTIPLE.value, "epochs": _EPOCHS.value,
              "load_average_start": os.getloadavg()[0], "points": []}
+  # Each choice of channels fine-tunes in its own folders.
+  name = f"{_SCOPE.value}_multiple_{_MULTIPLE.value}" + ("_fold" if _FOLD.value else "")
   for target in map(float, _FLOPS.value):
     start = time.perf_counter()
     keep = slimming.select_channels(variables["params"], depth, classifier, 10, target, _SCOPE.value,
                                     _MULTIPLE.value)
-    small, channels = slimming.shrink(variables, keep, depth)
+    small, channels = slimming.shrink(variables, keep, depth, _FOLD.value)
     model = models.create_model(num_classes=10, **{**settings, "width": 1.0, "channels": channels})
     tx = train.create_optimizer(spec, train.steps_in_epoch(dataset, spec))
     state = train.TrainState.create(apply_fn=model.apply, params=small["params"],
                                     batch_stats=small["batch_stats"], tx=tx)
     before = train.evaluate(state, dataset, spec.eval_batch_size)["accuracy"]
-    state = train.fit(state, dataset, spec, experiment.seed, checkpoint_dir=out / f"flops_{target:g}",
+    state = train.fit(state, dataset, spec, experiment.seed, checkpoint_dir=out / f"{name}_flops_{target:g}",
                       metrics_path=out / "metrics.jsonl", augmentation=experiment.augmentation)
     after = train.evaluate(state, dataset, spec.eval_batch_size)["accuracy"]
     _, totals = flops.count(model, IMAGE_SHAPE)
@@ -103,7 +106,7 @@ def main(argv):
              "seconds": time.perf_counter() - start, "load_average": os.getloadavg()[0]}
     results["points"].append(point)
     print(json.dumps(point), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"results_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
