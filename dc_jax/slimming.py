@@ -10,10 +10,11 @@ first classifier layer's inputs). The result is a smaller dense VGG, built by
 
 What removal gives, exactly: the same logits as the full model with the
 removed channels' gamma and beta set to 0 (`mask_channels`), whose channels
-then output relu(0) = 0. A removed channel with beta != 0 would have output
-the constant relu(beta) instead; that is not folded into the next layer (a
-SAME-padded conv sees it only away from the borders), so fine-tuning after
-shrinking makes up for it, as in network slimming.
+then output relu(0) = 0. A removed channel whose gamma the L1 took to 0 but
+whose beta is not 0 output the constant relu(beta); `shrink(fold_constants=
+True)` moves it into the next layer's bias, exactly for the classifier and
+away from the borders of a SAME-padded conv. Either way fine-tuning follows,
+as in network slimming.
 """
 
 from __future__ import annotations
