@@ -41,7 +41,7 @@ def baseline_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def pruned_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The baseline's, prune.*, distill.* (retraining's loss), and the sensitivity analysis when it sets the kept fractions."""
+  """The baseline's, prune.*, distill.* (the retraining loss), and the sensitivity analysis if it sets the fractions."""
   fields = {**baseline_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
             "sensitivity.apply": config.sensitivity.apply}
   if config.sensitivity.apply:

@@ -230,12 +230,13 @@ def pareto_front(points: Sequence[tuple[str, int, float]]) -> list[tuple[str, in
 
 
 def plot_pareto(path: Path, points: Sequence[tuple[str, int, float]], dense_bytes: int, model_name: str) -> None:
-  """Accuracy against file bytes: the run's files, their Pareto front, and the published points with the paper's limit."""
+  """Accuracy against file bytes: the run's files, their Pareto front, the published points and the paper's limit."""
   name, reference_error = PAPER_TABLE_1[model_name][:2]
   fig, ax = plt.subplots(figsize=(6, 4))
   front = pareto_front(points)
   ax.plot([p[1] / 1000 for p in front], [100 * p[2] for p in front], "-", color="C0", linewidth=1, label="Pareto front")
-  ax.plot([p[1] / 1000 for p in points], [100 * p[2] for p in points], "o", color="C0", label="this run, from its files")
+  ax.plot([p[1] / 1000 for p in points], [100 * p[2] for p in points], "o", color="C0",
+          label="this run, from its files")
   for label, size, accuracy in points:
     ax.annotate(label, (size / 1000, 100 * accuracy), fontsize=7, textcoords="offset points", xytext=(4, 3))
   for i, (method, ratio, error) in enumerate(PUBLISHED[model_name]):
