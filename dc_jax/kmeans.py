@@ -9,12 +9,16 @@ initialisation leaves many in the gap that pruning opens around zero) take
 over half of the cluster with the largest squared error, so every code is
 used. Labelling the original (unsorted) values is one jitted pass: a grid
 lookup, then a comparison with the few thresholds in the value's cell.
+From HISTOGRAM_MIN values on, the sort itself is most of the time: Lloyd
+then starts on a histogram and finishes exactly (`_kmeans_on_histogram`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -114,15 +118,16 @@ def _kmeans_plus_plus(sorted_values: np.ndarray, prefix: np.ndarray, k: int,
 
 
 def _split_largest(sorted_values: np.ndarray, prefix: np.ndarray, squares: np.ndarray, centroids: np.ndarray,
-                   bounds: np.ndarray, empty: np.ndarray) -> np.ndarray:
+                   bounds: np.ndarray, empty: np.ndarray, number: np.ndarray | None = None) -> np.ndarray:
   """Each empty cluster takes half of the cluster with the largest squared error, split at its mean.
 
   Linear initialisation leaves many centroids in the gap that pruning opens
   around zero; this puts them where they lower the error most (a 2-means
-  split of one contiguous run, read off the prefix sums).
+  split of one contiguous run, read off the prefix sums). `number[p]` is how
+  many values the first p points stand for (a histogram's cells); None: p.
   """
   def error(lo, hi):
-    n = np.maximum(hi - lo, 1)
+    n = np.maximum(hi - lo if number is None else number[hi] - number[lo], 1)
     return (squares[hi] - squares[lo]) - np.square(prefix[hi] - prefix[lo]) / n
 
   full = ~empty
@@ -135,7 +140,8 @@ def _split_largest(sorted_values: np.ndarray, prefix: np.ndarray, squares: np.nd
     cut = lo[j] + int(np.searchsorted(sorted_values[lo[j]:hi[j]], centres[j], side="right"))
     cut = min(max(cut, lo[j] + 1), hi[j] - 1)
     halves = np.array([[lo[j], cut], [cut, hi[j]]])
-    means = (prefix[halves[:, 1]] - prefix[halves[:, 0]]) / (halves[:, 1] - halves[:, 0])
+    counts = halves[:, 1] - halves[:, 0] if number is None else number[halves[:, 1]] - number[halves[:, 0]]
+    means = (prefix[halves[:, 1]] - prefix[halves[:, 0]]) / counts
     lo = np.concatenate([lo[:j], halves[:, 0], lo[j + 1:]])
     hi = np.concatenate([hi[:j], halves[:, 1], hi[j + 1:]])
     centres = np.concatenate([centres[:j], means, centres[j + 1:]])
@@ -150,13 +156,19 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
   The values are sorted once; clusters are then contiguous runs, so an
   iteration is a binary search for the k - 1 midpoints and differences of
   prefix sums: no n x k distances, memory linear in n. Fewer than k distinct
-  values give one centroid per distinct value (inertia 0).
+  values give one centroid per distinct value (inertia 0). From HISTOGRAM_MIN
+  values on, with the linear or density start, Lloyd runs on a histogram
+  first and is finished by exact iterations (no sort; the same guarantees).
   """
   if k < 1:
     raise ConfigError(f"k={k} clusters; valid: k >= 1")
   values = np.asarray(values, np.float32).ravel()
   if values.size == 0:
     return KMeansResult(np.zeros(0), np.zeros(0, np.int32), 0.0, 0, True)
+  if values.size >= HISTOGRAM_MIN and init in HISTOGRAM_INITS:
+    result = _kmeans_on_histogram(values, k, init, max_iterations)
+    if result is not None:
+      return result
   sorted_values = np.sort(values)
   if not (np.isfinite(sorted_values[0]) and np.isfinite(sorted_values[-1])):  # NaN sorts last.
     raise ValueError("k-means input has NaN or Inf values")
@@ -164,22 +176,144 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
   if 1 + np.count_nonzero(sorted_values[1:] != sorted_values[:-1]) <= k:
     return _assign(values, sorted_values, prefix, _distinct(sorted_values), 0, True)
   centroids = _initial_centroids(sorted_values, prefix, k, init, np.random.default_rng(seed))
+  centroids, iterations, converged, squares = _lloyd(
+      sorted_values, prefix, lambda: _Prefix(sorted_values, squares=True), centroids, max_iterations)
+  return _assign(values, sorted_values, prefix, centroids, iterations, converged, squares)
+
+
+def _lloyd(points: np.ndarray, prefix: Any, squares_of: Callable[[], Any], centroids: np.ndarray,
+           max_iterations: int, number: np.ndarray | None = None) -> tuple[np.ndarray, int, bool, Any]:
+  """Lloyd iterations over sorted points until the clusters stop changing: (centroids, iterations, converged, squares).
+
+  `prefix[p]` sums the first p points' values, `number[p]` counts the values
+  they stand for (None: p, one value a point); `squares_of()` gives prefix
+  sums of squares, built only if a cluster empties.
+  """
   bounds, squares, converged, iterations = None, None, False, 0
   while iterations < max_iterations:
-    new_bounds = _cluster_bounds(sorted_values, centroids)
+    new_bounds = _cluster_bounds(points, centroids)
     if bounds is not None and np.array_equal(new_bounds, bounds):
       converged = True
       break
     bounds, iterations = new_bounds, iterations + 1
-    counts = np.diff(bounds)
+    counts = np.diff(bounds if number is None else number[bounds])
     empty = counts == 0
     means = np.diff(prefix[bounds]) / np.maximum(counts, 1)  # One lookup per bound, shared by two clusters.
     centroids = np.where(empty, centroids, means)
     if empty.any():
       if squares is None:
-        squares = _Prefix(sorted_values, squares=True)
-      centroids = np.sort(_split_largest(sorted_values, prefix, squares, centroids, bounds, empty))
-  return _assign(values, sorted_values, prefix, centroids, iterations, converged, squares)
+        squares = squares_of()
+      centroids = np.sort(_split_largest(points, prefix, squares, centroids, bounds, empty, number))
+  return centroids, iterations, converged, squares
+
+
+HISTOGRAM_MIN = 1 << 22  # Values from which clustering starts on a histogram, not a sort (`_kmeans_on_histogram`).
+HISTOGRAM_CELLS = 1 << 20  # Cells of that histogram.
+HISTOGRAM_INITS = ("linear", "density")  # The others draw from the sorted values, so they always sort.
+
+
+def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: int) -> KMeansResult | None:
+  """Lloyd on a histogram of the values, finished by exact Lloyd iterations: the same fixed points, no sort.
+
+  Sorting 16.8M float32 weights costs more than all of Lloyd's iterations
+  after it. The grid's cells are contiguous runs of the sorted values, so
+  Lloyd first runs on the cells' means, weighted by their counts, until it
+  settles; the cells that then hold a threshold are pulled out and sorted (a
+  few thousand values), and exact iterations continue: the count and sum
+  below each threshold are those of the cells before it plus the exact part
+  of its own cell. `converged` means, as from the sort, that an exact
+  iteration changed no assignment. None if the values fill k cells or fewer
+  (the sort handles few distinct values exactly).
+  """
+  histogram = _Histogram(values)
+  occupied = np.flatnonzero(histogram.counts)
+  if occupied.size <= k:
+    return None
+  counts, sums = histogram.counts[occupied], histogram.sums[occupied]
+  number, prefix = np.concatenate([[0], np.cumsum(counts)]), np.concatenate([[0.0], np.cumsum(sums)])
+  means = sums / counts
+  if init == "linear":
+    centroids = np.linspace(histogram.low, histogram.high, k)
+  else:  # "density": the values at k evenly spaced ranks, each read as its cell's mean.
+    centroids = means[np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")]
+  centroids, iterations, _, _ = _lloyd(means, prefix, lambda: np.concatenate([[0.0], np.cumsum(sums * sums / counts)]),
+                                       centroids, max_iterations - 1, number)
+  bounds, converged = None, False
+  while True:
+    new_bounds, totals = histogram.below(_thresholds(centroids))
+    if bounds is not None and np.array_equal(new_bounds, bounds):
+      converged = True
+    if converged or iterations == max_iterations:
+      break
+    bounds, iterations = new_bounds, iterations + 1
+    counts = np.diff(bounds)
+    centroids = np.sort(np.where(counts == 0, centroids, np.diff(totals) / np.maximum(counts, 1)))
+  members = np.diff(new_bounds)
+  centroids, sums, members = centroids[members > 0], np.diff(totals)[members > 0], members[members > 0]
+  inertia = max(histogram.squares() - float(np.sum(centroids * (2 * sums - members * centroids))), 0.0)
+  labels = _labels(values, histogram.low, histogram.high, centroids)
+  return KMeansResult(centroids, labels, inertia, iterations, converged)
+
+
+class _Histogram:
+  """The values' counts and float64 sums in HISTOGRAM_CELLS cells of a monotone grid, and exact sums below any x.
+
+  `below` pulls out and sorts the values of the cells its thresholds fall in
+  (and of their neighbours, where the next iterations' thresholds will
+  likely fall), once; everything else is read off the cells' prefix sums.
+  """
+
+  _NEIGHBOURS = 8  # Cells pulled out on each side of a threshold's cell.
+
+  def __init__(self, values: np.ndarray):
+    self.values = values
+    low, high = values.min(), values.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
+      raise ValueError("k-means input has NaN or Inf values")
+    self.low, self.high = float(low), float(high)
+    self.grid = _grid_parameters(self.low, self.high, HISTOGRAM_CELLS)
+    self.cells = self._cells(values)
+    self.counts = np.bincount(self.cells, minlength=HISTOGRAM_CELLS)
+    self.sums = np.bincount(self.cells, weights=values, minlength=HISTOGRAM_CELLS)
+    self.number_before = np.concatenate([[0], np.cumsum(self.counts)])
+    self.sum_before = np.concatenate([[0.0], np.cumsum(self.sums)])
+    self.pulled = np.zeros(HISTOGRAM_CELLS, bool)
+    self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
+
+  def _cells(self, values: np.ndarray) -> np.ndarray:
+    """`_grid` in numpy (faster than the jitted one for a single pass): monotone, the same for values and thresholds."""
+    low, scale = self.grid
+    cells = ((values - low) * scale).astype(np.int32)
+    return np.clip(cells, 0, HISTOGRAM_CELLS - 1, out=cells)
+
+  def _pull(self, cells: np.ndarray) -> None:
+    """Adds these cells' values to the sorted values pulled out (one pass over all the values)."""
+    near = (cells[:, None] + np.arange(-self._NEIGHBOURS, self._NEIGHBOURS + 1)).ravel()
+    self.pulled[np.clip(near, 0, HISTOGRAM_CELLS - 1)] = True
+    self.exact = np.sort(self.values[self.pulled[self.cells]])
+    self.exact_prefix = np.concatenate([[0.0], np.cumsum(self.exact, dtype=np.float64)])
+    self.exact_before = np.concatenate([[0], np.cumsum(self.counts * self.pulled)])
+
+  def below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster bounds and the sums of the values before each: [0, #(x <= t_1), ..., n] and [0, ..., sum(x)]."""
+    cells = self._cells(thresholds)
+    if not self.pulled[cells].all():
+      self._pull(cells[~self.pulled[cells]])
+    ranks = np.searchsorted(self.exact, thresholds, side="right")  # Pulled values <= t: earlier cells', then its own.
+    first = self.exact_before[cells]
+    numbers = self.number_before[cells] + (ranks - first)
+    totals = self.sum_before[cells] + (self.exact_prefix[ranks] - self.exact_prefix[first])
+    return (np.concatenate([[0], numbers, [self.values.size]]),
+            np.concatenate([[0.0], totals, [self.sum_before[-1]]]))
+
+  def squares(self) -> float:
+    """sum(x^2) in float64, a chunk at a time through one buffer (fresh float64 pages cost more than the sum)."""
+    buffer, total = np.empty(min(_SQUARES_CHUNK, self.values.size)), 0.0
+    for start in range(0, self.values.size, _SQUARES_CHUNK):
+      chunk = buffer[:min(_SQUARES_CHUNK, self.values.size - start)]
+      np.copyto(chunk, self.values[start:start + chunk.size])
+      total += float(np.dot(chunk, chunk))
+    return total
 
 
 _BLOCK = 64  # Values per block of `_Prefix`: one float64 stored per block, the rest summed on demand.
@@ -236,11 +370,11 @@ def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: _Prefix, cent
   squares = _Prefix(sorted_values, squares=True) if squares is None else squares
   total = float(squares[sorted_values.size])
   inertia = max(total - float(np.sum(centroids * (2 * sums - counts * centroids))), 0.0)
-  labels = _labels(values, sorted_values, centroids)
+  labels = _labels(values, float(sorted_values[0]), float(sorted_values[-1]), centroids)
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
-def _labels(values: np.ndarray, sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def _labels(values: np.ndarray, low: float, high: float, centroids: np.ndarray) -> np.ndarray:
   """Each value's cluster: how many thresholds (midpoints, `_thresholds`) lie below it; one jitted pass, O(n).
 
   Values fall into a uniform grid of cells by a monotone float32 map, and so
@@ -254,14 +388,18 @@ def _labels(values: np.ndarray, sorted_values: np.ndarray, centroids: np.ndarray
   if k == 1:
     return np.zeros(n, np.int32)
   cells = min(1 << 20, 64 * k)
-  low, high = float(sorted_values[0]), float(sorted_values[-1])
-  low, scale = np.float32(low), np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))
+  low, scale = _grid_parameters(low, high, cells)
   thresholds = _thresholds(centroids)
   threshold_cells = np.asarray(_grid_cells(thresholds, low, scale, cells))
   before = np.searchsorted(threshold_cells, np.arange(cells), side="left").astype(np.int32)
   spread = int(np.bincount(threshold_cells).max())
   padded = np.concatenate([thresholds, np.full(spread, np.inf, np.float32)])
   return np.asarray(_labels_in_cells(values, low, scale, before, padded, cells, spread))
+
+
+def _grid_parameters(low: float, high: float, cells: int) -> tuple[np.float32, np.float32]:
+  """The float32 offset and scale that map [low, high] onto cells 0..cells - 1."""
+  return np.float32(low), np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))
 
 
 def _grid(values: jax.Array, low: jax.Array, scale: jax.Array, cells: int) -> jax.Array:

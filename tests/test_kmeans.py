@@ -105,5 +105,77 @@ def test_labels_count_the_thresholds_below_each_value_even_for_values_on_a_thres
   thresholds = kmeans._thresholds(centroids)
   values = np.concatenate([rng.standard_normal(20_000).astype(np.float32), thresholds,
                            np.nextafter(thresholds, np.float32(np.inf))])
-  labels = kmeans._labels(values, np.sort(values), centroids)
+  labels = kmeans._labels(values, float(values.min()), float(values.max()), centroids)
   np.testing.assert_array_equal(labels, np.searchsorted(thresholds, values, side="left"))
+
+
+@pytest.fixture
+def small_histogram(monkeypatch):
+  """The histogram path on inputs small enough for a test: from 1,000 values on, with 4,096 cells."""
+  monkeypatch.setattr(kmeans, "HISTOGRAM_MIN", 1_000)
+  monkeypatch.setattr(kmeans, "HISTOGRAM_CELLS", 4_096)
+
+
+def _sorted_path(values: np.ndarray, k: int, init: str = "linear", max_iterations: int = 1000) -> kmeans.KMeansResult:
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(kmeans, "HISTOGRAM_MIN", 1 << 62)
+    return kmeans.kmeans_1d(values, k, init, max_iterations)
+
+
+@pytest.mark.parametrize("init", kmeans.HISTOGRAM_INITS)
+@pytest.mark.parametrize("k", [16, 64])
+def test_the_histogram_path_ends_at_an_exact_lloyd_fixed_point(small_histogram, init, k):
+  """Converged means what it means after the sort: every value at its nearest centroid, each centroid its mean."""
+  values = np.concatenate([_pruned_like(120_000, seed=k), np.float32([0.3, 0.3, -0.3])])
+  result = kmeans.kmeans_1d(values, k, init)
+  assert result.converged and result.centroids.size == k
+  distances = np.abs(values[:, None].astype(np.float64) - result.centroids[None, :])
+  np.testing.assert_array_equal(distances[np.arange(values.size), result.labels], distances.min(axis=1))
+  members = np.bincount(result.labels, minlength=k)
+  means = np.bincount(result.labels, weights=values.astype(np.float64), minlength=k) / members
+  np.testing.assert_allclose(result.centroids, means, rtol=1e-12)
+  errors = np.square(values - result.centroids[result.labels])
+  assert result.inertia == pytest.approx(errors.sum(), rel=1e-9)
+  assert result.inertia <= 1.01 * _sorted_path(values, k, init).inertia  # Another path, as good a fixed point.
+
+
+def test_the_histogram_path_is_exact_when_thresholds_keep_leaving_the_pulled_cells(small_histogram, monkeypatch):
+  """Few, wide cells: the cell phase lands far from the exact fixed point and the exact phase pulls cells again."""
+  monkeypatch.setattr(kmeans, "HISTOGRAM_CELLS", 64)
+  values = np.random.default_rng(5).standard_normal(50_000).astype(np.float32)
+  result = kmeans.kmeans_1d(values, 24)
+  assert result.converged
+  members = np.bincount(result.labels, minlength=24)
+  means = np.bincount(result.labels, weights=values.astype(np.float64), minlength=24) / members
+  np.testing.assert_allclose(result.centroids, means, rtol=1e-12)
+  np.testing.assert_array_equal(result.labels, np.searchsorted(kmeans._thresholds(result.centroids), values))
+
+
+def test_the_histogram_path_stops_at_the_iteration_cap_with_a_consistent_result(small_histogram):
+  values = np.random.default_rng(6).standard_normal(80_000).astype(np.float32)
+  result = kmeans.kmeans_1d(values, 64, max_iterations=3)
+  assert result.iterations == 3 and not result.converged
+  errors = np.square(values - result.centroids[result.labels])
+  assert result.inertia == pytest.approx(errors.sum(), rel=1e-9)
+  assert result.inertia < _sorted_path(values, 64, max_iterations=1).inertia
+
+
+def test_starts_drawn_from_the_values_and_few_occupied_cells_take_the_sort(small_histogram):
+  values = _pruned_like(40_000, seed=3)
+  for init in ("random", "kmeans++"):
+    ours, sorted_ = kmeans.kmeans_1d(values, 13, init, seed=2), None
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(kmeans, "HISTOGRAM_MIN", 1 << 62)
+      sorted_ = kmeans.kmeans_1d(values, 13, init, seed=2)
+    np.testing.assert_array_equal(ours.centroids, sorted_.centroids)
+  few = np.repeat(np.float32([-1.0, 0.0, 2.0, 2.5]), 1_000)
+  result = kmeans.kmeans_1d(few, 13)
+  np.testing.assert_array_equal(result.centroids, [-1.0, 0.0, 2.0, 2.5])
+  assert result.inertia == 0.0
+
+
+def test_the_histogram_path_rejects_nan(small_histogram):
+  values = np.random.default_rng(7).standard_normal(5_000).astype(np.float32)
+  values[17] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    kmeans.kmeans_1d(values, 8)
