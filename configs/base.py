@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.codec.layer_index_bits = ()  # ((regex, bits), ...): per-layer, first match wins; bits 0 = auto.
   config.codec.deflate = False  # True: the file DEFLATE-compressed whole (format version 4): 3-17% smaller.
   config.codec.codebook_dtype = "float32"  # float16: each shared layer's centroids at half precision (where finite).
+  config.codec.fold_batch_norm = False  # True: BatchNorm folded to 2 floats a channel (inference only; use deflate).
   config.codec.raw_dtype = "float32"  # float16: biases and BatchNorm stored at half precision (where finite).
 
   config.distributed = ml_collections.ConfigDict()

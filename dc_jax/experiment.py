@@ -120,6 +120,7 @@ class Experiment:
   raw_dtype: str
   codebook_dtype: str
   deflate: bool
+  fold_batch_norm: bool  # BatchNorm folded into a per-channel scale and shift in the file (dc_jax/folding.py).
   sensitivity: ml_collections.ConfigDict
 
   @classmethod
@@ -137,7 +138,8 @@ class Experiment:
         bn_scale_l1=config.train.bn_scale_l1, bn_scale_l1_flops=config.train.bn_scale_l1_flops,
         sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
         index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype,
-        codebook_dtype=config.codec.codebook_dtype, deflate=config.codec.deflate, sensitivity=config.sensitivity)
+        codebook_dtype=config.codec.codebook_dtype, deflate=config.codec.deflate,
+        fold_batch_norm=config.codec.fold_batch_norm, sensitivity=config.sensitivity)
     _check_against_the_model(experiment)
     return experiment
 
@@ -202,6 +204,9 @@ def _check_against_the_model(experiment: Experiment) -> None:
     if sensitivity.apply and experiment.pruning.structure == "n:m":
       raise ConfigError("sensitivity.apply sets per-layer kept fractions; prune.structure='n:m' keeps n of every m; "
                         "valid: prune.structure unstructured or block")
+  if experiment.fold_batch_norm and not models.batch_norm_pairs(experiment.model):
+    raise ConfigError(f"codec.fold_batch_norm=True folds BatchNorm; model.name={experiment.model['name']!r} has "
+                      "none; valid: False, or model.name=vgg")
   if experiment.bn_scale_l1 and experiment.model["name"] != "vgg":
     raise ConfigError(f"train.bn_scale_l1={experiment.bn_scale_l1!r} regularises BatchNorm scales; model.name="
                       f"{experiment.model['name']!r} has none; valid: with model.name=vgg only")

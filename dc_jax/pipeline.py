@@ -27,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dc_jax import (atomic, codec, data, distributed, loading, models, progress, provenance, prune, report,
+from dc_jax import (atomic, codec, data, distributed, folding, loading, models, progress, provenance, prune, report,
                     sensitivity, rules, share, slimming, train)
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.experiment import STAGES, Experiment, TrainSpec
@@ -263,8 +263,11 @@ def encode_and_evaluate(experiment: Experiment, dataset: data.Dataset, model: nn
                         state: share.SharedTrainState, path: Path) -> dict[str, Any]:
   """Stage `encoded`: the shared model as a compressed file, read back bit-exactly, evaluated from the file."""
   start = time.perf_counter()
-  variables = codec.narrow_raw_floats({"params": state.shared_params(), "batch_stats": state.batch_stats},
-                                      experiment.raw_dtype)
+  variables = {"params": state.shared_params(), "batch_stats": state.batch_stats}
+  if experiment.fold_batch_norm:
+    variables = folding.fold_batch_norm(variables, models.batch_norm_pairs(experiment.model),
+                                        models.BATCH_NORM_EPSILON)
+  variables = codec.narrow_raw_floats(variables, experiment.raw_dtype)
   variables = codec.narrow_codebooks(variables, experiment.codebook_dtype)
   content, summary = codec.encode(variables, experiment.index_bits, loading.describe(experiment.model, dataset),
                                   experiment.deflate)

@@ -81,6 +81,7 @@ FIELDS: dict[str, Rule] = {
     "data.pipeline": one_of(*device_data.PIPELINES),
     "codec.raw_dtype": one_of(*codec.RAW_FLOAT_DTYPES),
     "codec.deflate": BOOLEAN,
+    "codec.fold_batch_norm": BOOLEAN,
     "codec.codebook_dtype": one_of(*codec.RAW_FLOAT_DTYPES),
     "model.width": POSITIVE,
     "model.channels": sequence_of(integer(1)),

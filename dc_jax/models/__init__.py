@@ -8,10 +8,11 @@ import jax.numpy as jnp
 
 from dc_jax.errors import ConfigError
 from dc_jax.models.lenet import LeNet5, LeNet300100
-from dc_jax.models.vgg import VGG
+from dc_jax.models import vgg
+from dc_jax.models.vgg import BATCH_NORM_EPSILON, VGG
 
 __all__ = ["VGG", "LeNet300100", "LeNet5", "create_model", "compute_dtype", "MODEL_NAMES", "INPUT_SHAPES",
-           "COMPUTE_DTYPES", "settings_of"]
+           "COMPUTE_DTYPES", "settings_of", "batch_norm_pairs", "BATCH_NORM_EPSILON"]
 
 MODEL_NAMES = ("vgg", "lenet300_100", "lenet5")
 
@@ -37,6 +38,11 @@ VGG_SETTINGS = ("depth", "width", "channels", "classifier_widths", "dropout", "c
 def settings_of(model: dict[str, Any]) -> dict[str, Any]:
   """`create_model`'s keywords (a config's model section) less those its model ignores: what a file describes."""
   return {name: value for name, value in model.items() if model.get("name") == "vgg" or name not in VGG_SETTINGS}
+
+
+def batch_norm_pairs(model: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+  """The (layer, BatchNorm) name pairs of a config's model section; () for a model without BatchNorm."""
+  return vgg.batch_norm_pairs(model.get("depth", 19)) if model.get("name") == "vgg" else ()
 
 
 def create_model(name: str, num_classes: int, *, depth: int = 19, width: float = 1.0, channels: Sequence[int] = (),

@@ -17,6 +17,7 @@ BLOCKS = {
     19: ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
 }
 CONV_IMPLS = ("auto", "xla", "patches")
+BATCH_NORM_EPSILON = 1e-5  # PyTorch's BatchNorm2d default.
 # Where "auto" uses patches on CPU (bench/conv.py --layers, batch 128, forward + backward): XLA's CPU convolution
 # is pathologically slow on 2x2 maps (24x slower at 512 channels, 3x at 64) and on large maps with many
 # channels (3x at 32x32x64, 2x at 16x16x128); it is as fast at 8x8x256 and 4x4x512, and faster on narrow maps.
@@ -84,6 +85,11 @@ def conv_names(depth: int) -> tuple[str, ...]:
   return tuple(f"conv{b}_{i}" for b, block in enumerate(BLOCKS[depth], start=1) for i in range(1, len(block) + 1))
 
 
+def batch_norm_pairs(depth: int) -> tuple[tuple[str, str], ...]:
+  """(conv, BatchNorm) names in order: each BatchNorm normalises that conv's output (dc_jax/folding.py)."""
+  return tuple((name, "bn" + name[len("conv"):]) for name in conv_names(depth))
+
+
 class VGG(nn.Module):
   """3x3 conv + BN + ReLU blocks, max-pools, then a dropout MLP classifier.
 
@@ -119,7 +125,7 @@ class VGG(nn.Module):
         else:
           x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, name=name)(x)
         # PyTorch's BatchNorm2d defaults: momentum 0.1, eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BATCH_NORM_EPSILON, dtype=self.dtype,
                          name=f"bn{block}_{i}")(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
