@@ -8,7 +8,8 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from dc_jax import dkm, models, prune, share, train
+from configs import lenet5
+from dc_jax import dkm, models, prune, provenance, share, train
 from dc_jax.errors import ConfigError
 
 
@@ -124,3 +125,10 @@ def test_temperature_scale_is_the_layers_kmeans_mean_squared_error():
 def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
   with pytest.raises(ConfigError, match=message):
     dkm.Plan(**fields)
+
+
+def test_the_dkm_fields_are_settings_of_sharing_and_what_follows_it_not_of_pruning():
+  config = lenet5.get_config()
+  for field in ("share.method", "share.dkm_iterations", "share.dkm_temperature"):
+    assert all(field in provenance.stage_fields(config, stage) for stage in ("shared", "encoded", "sweep k=4"))
+    assert field not in provenance.stage_fields(config, "pruned")
