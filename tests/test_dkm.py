@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from configs import lenet5
-from dc_jax import dkm, models, prune, provenance, share, train
+from dc_jax import dkm, experiment, models, prune, provenance, share, train
 from dc_jax.errors import ConfigError
 
 
@@ -132,3 +132,12 @@ def test_the_dkm_fields_are_settings_of_sharing_and_what_follows_it_not_of_pruni
   for field in ("share.method", "share.dkm_iterations", "share.dkm_temperature"):
     assert all(field in provenance.stage_fields(config, stage) for stage in ("shared", "encoded", "sweep k=4"))
     assert field not in provenance.stage_fields(config, "pruned")
+
+
+def test_a_centroid_reduction_with_dkm_is_an_error_naming_both():
+  config = lenet5.get_config()
+  config.share.method, config.share.reduction = "dkm", "mean"
+  with pytest.raises(ConfigError, match="share.reduction='mean' has no effect: share.method='dkm'"):
+    experiment.Experiment.from_config(config)
+  config.share.reduction = "sum"
+  assert experiment.Experiment.from_config(config).dkm == dkm.Plan()
