@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.init = "linear"  # linear (the paper's best) | density | random | kmeans++.
   config.share.max_iterations = 1000  # Lloyd iterations at most per layer.
   config.share.reduction = "sum"  # A centroid's gradient: sum (the paper's Eq. 3) | mean of its weights'.
+  config.share.method = "paper"  # Fine-tuning: paper (codebooks, fixed clusters) | dkm (weights through soft k-means).
+  config.share.dkm_iterations = 5  # dkm only: soft k-means iterations per step, differentiated through.
+  config.share.dkm_temperature = 1.0  # dkm only: softness, in units of the layer's k-means mean squared error.
   config.share.train_unshared = True  # Fine-tune biases and BatchNorm too, not only the codebooks.
   config.share.epochs = 2  # Fine-tuning epochs; the rest of the optimizer comes from train.* (no weight decay).
   config.share.learning_rate = 0.0005  # With summed gradients a centroid moves for all its weights at once.

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dc_jax import codec, data, distributed, models, prune, rules, share, validate
+from dc_jax import codec, data, distributed, dkm, models, prune, rules, share, validate
 from dc_jax.errors import ConfigError
 
 STAGES = ("baseline", "pruned", "shared", "encoded")
@@ -83,6 +83,13 @@ def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan
                     seed=seed)
 
 
+def dkm_plan(config: ml_collections.ConfigDict) -> dkm.Plan | None:
+  """`share.method` and its settings: a checked dkm.Plan for DKM's fine-tuning, None for the paper's."""
+  if config.method == "paper":
+    return None
+  return dkm.Plan(iterations=config.dkm_iterations, temperature=config.dkm_temperature)
+
+
 def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
   """The `codec.*` fields as codec.write takes them; 0 bits means "auto" (the smallest file per layer)."""
   def width(bits):
@@ -111,6 +118,7 @@ class Experiment:
   finetune: TrainSpec  # Sharing's: share.epochs, share.learning_rate, no warm-up and no weight decay.
   pruning: prune.Plan
   sharing: share.Plan
+  dkm: dkm.Plan | None  # share.method=dkm: fine-tune the weights through soft k-means; None = the paper's codebooks.
   bn_scale_l1: float  # The baseline's network-slimming L1 on BatchNorm scales (train.bn_scale_l1)...
   bn_scale_l1_flops: bool  # ...weighted per channel by its FLOPs (train.bn_scale_l1_flops).
   sweep: tuple[int, ...]
@@ -135,8 +143,9 @@ class Experiment:
         augmentation=data.Augmentation.from_config(config.data),
         input_pipeline=config.data.pipeline, dense=TrainSpec.from_config(config.train), retrain=_retrain(config),
         finetune=_finetune(config), pruning=pruning_plan(config.prune), sharing=sharing_plan(config.share, config.seed),
-        bn_scale_l1=config.train.bn_scale_l1, bn_scale_l1_flops=config.train.bn_scale_l1_flops,
-        sweep=tuple(config.share.sweep), train_unshared=config.share.train_unshared, reduction=config.share.reduction,
+        dkm=dkm_plan(config.share), bn_scale_l1=config.train.bn_scale_l1,
+        bn_scale_l1_flops=config.train.bn_scale_l1_flops, sweep=tuple(config.share.sweep),
+        train_unshared=config.share.train_unshared, reduction=config.share.reduction,
         index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype,
         codebook_dtype=config.codec.codebook_dtype, deflate=config.codec.deflate,
         fold_batch_norm=config.codec.fold_batch_norm, sensitivity=config.sensitivity)

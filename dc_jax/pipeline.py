@@ -11,6 +11,7 @@ entry under `stages` in `results.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -27,8 +28,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dc_jax import (atomic, codec, data, distributed, folding, loading, models, progress, provenance, prune, report,
-                    sensitivity, rules, share, slimming, train)
+from dc_jax import (atomic, codec, data, distributed, dkm, folding, loading, models, progress, provenance, prune,
+                    report, sensitivity, rules, share, slimming, train)
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.experiment import STAGES, Experiment, TrainSpec
 
@@ -198,37 +199,54 @@ def teacher_of(dense: train.TrainState | None, spec: TrainSpec) -> dict[str, Any
   return dense.variables(dense.params)
 
 
+def shared_state(apply_fn: Callable[..., Any], shared: Any, batch_stats: Any, tx: optax.GradientTransformation,
+                 experiment: Experiment) -> share.SharedTrainState:
+  """A SharedTrainState of `share.quantize`'s tree, with `tx` training its codebooks (the paper's fine-tuning)."""
+  trainable, frozen = share.split(shared)
+  return share.SharedTrainState.create(apply_fn=apply_fn, params=trainable, batch_stats=batch_stats,
+                                       tx=share.finetune_optimizer(tx, shared, experiment.train_unshared),
+                                       frozen=frozen, reduction=experiment.reduction)
+
+
 def share_and_finetune(experiment: Experiment, dataset: data.Dataset, pruned: train.TrainState,
                        checkpoint_dir: Path,
                        dense: train.TrainState | None = None) -> tuple[share.SharedTrainState, dict[str, Any]]:
-  """Stage `shared`: k-means per pruned layer, then fine-tuning of the codebooks in `checkpoint_dir`.
+  """Stage `shared`: k-means per pruned layer, then fine-tuning in `checkpoint_dir`: of the codebooks, or with DKM.
 
-  `dense` is the teacher when `distill.weight` > 0.
+  `dense` is the teacher when `distill.weight` > 0. With `experiment.dkm`
+  the pruned weights train through soft k-means (dkm.py) from the k-means
+  centroids, then snap to their nearest centroids: the same kind of state.
 
   Clustering is deterministic, so a resumed run clusters again and restores
-  the fine-tuned codebooks over it.
+  the fine-tuned codebooks (or weights) over it.
   """
   start = time.perf_counter()
   masks = prune.masks_of(pruned.opt_state)
   shared, layers = share.quantize(pruned.params, masks, experiment.sharing)
-  trainable, frozen = share.split(shared)
   finetune = experiment.finetune
-  tx = share.finetune_optimizer(train.create_optimizer(finetune, train.steps_in_epoch(dataset, finetune)),
-                                shared, experiment.train_unshared)
-  state = share.SharedTrainState.create(apply_fn=pruned.apply_fn, params=trainable, batch_stats=pruned.batch_stats,
-                                        tx=tx, frozen=frozen, reduction=experiment.reduction)
+  tx = train.create_optimizer(finetune, train.steps_in_epoch(dataset, finetune))
+  state = shared_state(pruned.apply_fn, shared, pruned.batch_stats, tx, experiment)
   before = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   logging.info("shared: test accuracy %.4f after clustering, before fine-tuning", before["accuracy"])
-  state = train.fit(state, dataset, finetune, experiment.finetune_seed,
-                    checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
-                    augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
-                    teacher=teacher_of(dense, finetune))
+  fit = functools.partial(train.fit, dataset=dataset, config=finetune, seed=experiment.finetune_seed,
+                          checkpoint_dir=checkpoint_dir, metrics_path=checkpoint_dir.parent / "metrics.jsonl",
+                          augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
+                          teacher=teacher_of(dense, finetune))
+  if experiment.dkm is None:
+    state = fit(state)
+  else:
+    soft = dkm.DKMTrainState.create(apply_fn=pruned.apply_fn, params=pruned.params, batch_stats=pruned.batch_stats,
+                                    tx=dkm.optimizer(tx, shared, masks, experiment.train_unshared),
+                                    soft=dkm.start(shared, pruned.params), plan=experiment.dkm)
+    soft = fit(soft)
+    state = shared_state(pruned.apply_fn, dkm.snap(soft), soft.batch_stats, tx, experiment)
   after = train.evaluate(state, dataset, finetune.eval_batch_size, finetune.eval_batches)
   return state, {
       "test_accuracy": after["accuracy"],
       "test_accuracy_before_finetune": before["accuracy"],
       "test_examples": after["examples"],
       "init": experiment.sharing.init,
+      "method": "paper" if experiment.dkm is None else "dkm",
       "reduction": experiment.reduction,
       "layers": layers,
       "seconds": time.perf_counter() - start,

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, device_data, prune
+from dc_jax import codec, device_data, dkm, prune
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -124,6 +124,9 @@ FIELDS: dict[str, Rule] = {
     "distill.temperature": POSITIVE,
     "share.max_iterations": integer(1),
     "share.reduction": one_of(*REDUCTIONS),
+    "share.method": one_of(*dkm.METHODS),
+    "share.dkm_iterations": integer(1),
+    "share.dkm_temperature": POSITIVE,
     "share.train_unshared": BOOLEAN,
     "share.epochs": integer(0),
     "share.learning_rate": POSITIVE,
@@ -148,6 +151,12 @@ OVERRIDES = (
     Override("share.k", SHARE_K_DEFAULT, lambda c: c.share.bits > 0,
              lambda c: f"share.bits={c.share.bits} gives every shared layer 2**{c.share.bits} clusters; "
                        f"valid: share.k with share.bits=0, or share.bits alone"),
+    Override("share.dkm_iterations", dkm.Plan.iterations, lambda c: c.share.method != "dkm",
+             lambda c: f"share.method={c.share.method!r} has no soft clustering; valid: with share.method=dkm only"),
+    Override("share.dkm_temperature", dkm.Plan.temperature, lambda c: c.share.method != "dkm",
+             lambda c: f"share.method={c.share.method!r} has no soft clustering; valid: with share.method=dkm only"),
+    Override("share.reduction", "sum", lambda c: c.share.method == "dkm",
+             lambda c: "share.method='dkm' trains the weights, not codebooks; valid: with share.method=paper only"),
     Override("train.nesterov", False, lambda c: c.train.optimizer != "sgd",
              lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
     Override("prune.quality", 1.0, lambda c: c.prune.criterion != "threshold",

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import lenet300
-from dc_jax import codec, experiment, pipeline, prune, share, train
+from dc_jax import codec, experiment, pipeline, provenance, prune, share, train
 from dc_jax.errors import ConfigError, DataError
 from tests.conftest import synthetic_dataset
 
@@ -194,6 +194,10 @@ def test_sharing_plan_takes_layer_bits_then_bits_then_k():
     ("sensitivity.fractions", (0.5, 0.0), "sensitivity.fractions=(0.5, 0.0); valid: kept fractions in (0, 1]"),
     ("share.bits", -1, "share.bits=-1"),
     ("share.layer_bits", (("ip1.*", 0),), "share.layer_bits['ip1.*']=0"),
+    ("share.method", "kmeans", "share.method='kmeans' is not valid; valid: paper, dkm"),
+    ("share.dkm_iterations", 0, "share.dkm_iterations=0 is not valid; valid: an integer >= 1"),
+    ("share.dkm_temperature", -1.0, "share.dkm_temperature=-1.0 is not valid; valid: a number > 0"),
+    ("share.dkm_temperature", 0.5, "share.dkm_temperature=0.5 has no effect: share.method='paper' has no soft"),
 ])
 def test_bad_config_fails_before_any_training(small_config, tmp_path, field, value, message):
   section, _, name = field.rpartition(".")
@@ -232,3 +236,32 @@ def test_float16_raw_leaves_redo_only_the_encoding_and_score_from_the_smaller_fi
   assert abs(after["encoded"]["test_accuracy"] - before["encoded"]["test_accuracy"]) <= 0.02
   assert pipeline.evaluate_file(small_config, workdir / pipeline.MODEL_FILE)["accuracy"] == (
       after["encoded"]["test_accuracy"])
+
+
+def test_dkm_redoes_only_sharing_and_encodes_a_file_that_reads_back_and_scores_the_same(small_config, tmp_path):
+  workdir = tmp_path / "run"
+  before = pipeline.run(small_config, workdir)["stages"]
+  small_config.share.method = "dkm"
+  small_config.share.dkm_iterations = 3
+  assert provenance.stage_fields(small_config, "shared")["share.dkm_iterations"] == 3
+  with pytest.raises(ConfigError, match='share.method "paper" -> "dkm"'):
+    pipeline.run(small_config, workdir)
+  small_config.redo_changed = True
+  after = pipeline.run(small_config, workdir)["stages"]
+  assert after["pruned"]["test_accuracy"] == before["pruned"]["test_accuracy"]
+  assert after["shared"]["method"] == "dkm" and before["shared"]["method"] == "paper"
+  assert after["shared"]["test_accuracy_before_finetune"] == before["shared"]["test_accuracy_before_finetune"]
+  path = workdir / pipeline.MODEL_FILE
+  assert after["encoded"]["file_bytes"] == path.stat().st_size
+  assert after["encoded"]["test_accuracy"] == after["shared"]["test_accuracy"]
+  assert pipeline.evaluate_file(small_config, path)["accuracy"] == after["encoded"]["test_accuracy"]
+  kernel = codec.read(path)["params"]["ip1"]["kernel"]
+  assert share.is_shared(kernel) and kernel.codebook.shape == (16,)
+
+  # A rerun restores the fine-tuned weights instead of training again, and snaps them the same.
+  lines = _lines(workdir / "metrics.jsonl")
+  small_config.redo_changed = False
+  again = pipeline.run(small_config, workdir)["stages"]
+  assert _lines(workdir / "metrics.jsonl") == lines
+  assert again["encoded"]["file_bytes"] == after["encoded"]["file_bytes"]
+  assert again["shared"]["test_accuracy"] == after["shared"]["test_accuracy"]
