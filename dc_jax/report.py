@@ -68,12 +68,15 @@ def stage_table(results: dict[str, Any]) -> str:
 
 
 def sweep_table(results: dict[str, Any], with_original: bool) -> str:
-  """The PyTorch original's table (Original | Pruned | Shared k=...) for this run, and the original's own row."""
-  stages, sweep = results["stages"], results.get("sweep", {})
-  columns = ["Original", "Pruned", *(f"k={entry['k']}" for entry in sweep.values())]
+  """The PyTorch original's table (Original | Pruned | Shared k=...) for this run, and the original's own row.
+
+  Columns by k, whatever order the points were made in (a redone stage is recorded last).
+  """
+  stages, sweep = results["stages"], sorted(results.get("sweep", {}).values(), key=lambda entry: entry["k"])
+  columns = ["Original", "Pruned", *(f"k={entry['k']}" for entry in sweep)]
   ours = [stages["baseline"]["test_accuracy"], stages["pruned"]["test_accuracy"],
-          *(entry["test_accuracy"] for entry in sweep.values())]
-  sizes = ["", _ratio(stages["pruned"]["compression_ratio"]), *(_ratio(e["compression_ratio"]) for e in sweep.values())]
+          *(entry["test_accuracy"] for entry in sweep)]
+  sizes = ["", _ratio(stages["pruned"]["compression_ratio"]), *(_ratio(e["compression_ratio"]) for e in sweep)]
   original = [f"{ORIGINAL_TABLE[c]:.2f}%" if c in ORIGINAL_TABLE else "" for c in columns]
   rows = [f"| | {' | '.join(columns)} |", f"| --- |{' --- |' * len(columns)}",
           f"| this run, top-1 | {' | '.join(_percent(a) for a in ours)} |",

@@ -22,8 +22,8 @@ def _results():
           "encoded": {"test_accuracy": 0.9894, "file_bytes": 25_978, "size_bytes": 25_978, "dense_bytes": 1_066_440,
                       "compression_ratio": 41.05, "layers": [layer], "totals": totals},
       },
-      "sweep": {"k=4": {"k": 4, "test_accuracy": 0.95, "file_bytes": 15_000, "compression_ratio": 71.1},
-                "k=13": {"k": 13, "test_accuracy": 0.985, "file_bytes": 20_000, "compression_ratio": 53.3}},
+      "sweep": {"k=13": {"k": 13, "test_accuracy": 0.985, "file_bytes": 20_000, "compression_ratio": 53.3},
+                "k=4": {"k": 4, "test_accuracy": 0.95, "file_bytes": 15_000, "compression_ratio": 71.1}},
   }
 
 
