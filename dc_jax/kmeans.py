@@ -182,6 +182,7 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
   return _assign(values, sorted_values, prefix, centroids, iterations, converged, squares)
 
 
+SMALL = 4096  # Values up to which `_labels` counts thresholds below by numpy's binary search instead of jit.
 _BLOCK = 64  # Values per block of `_Prefix`: one float64 stored per block, the rest summed on demand.
 _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memory).
 
@@ -253,6 +254,8 @@ def _labels(values: np.ndarray, sorted_values: np.ndarray, centroids: np.ndarray
   k, n = centroids.size, values.size
   if k == 1:
     return np.zeros(n, np.int32)
+  if n <= SMALL:  # Per-channel codebooks cluster hundreds of small groups: a compile per size would dominate.
+    return np.searchsorted(_thresholds(centroids), values, side="left").astype(np.int32)
   cells = min(1 << 20, 64 * k)
   low, high = float(sorted_values[0]), float(sorted_values[-1])
   low, scale = np.float32(low), np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))

@@ -107,3 +107,13 @@ def test_labels_count_the_thresholds_below_each_value_even_for_values_on_a_thres
                            np.nextafter(thresholds, np.float32(np.inf))])
   labels = kmeans._labels(values, np.sort(values), centroids)
   np.testing.assert_array_equal(labels, np.searchsorted(thresholds, values, side="left"))
+
+
+def test_small_inputs_get_the_labels_of_the_jitted_grid(monkeypatch):
+  rng = np.random.default_rng(3)
+  values = np.concatenate([rng.standard_normal(3000), [0.0, 0.0, 1e-8]]).astype(np.float32)
+  result = kmeans.kmeans_1d(values, 13)  # 3003 values: numpy's binary search.
+  monkeypatch.setattr(kmeans, "SMALL", 0)
+  jitted = kmeans._labels(values, np.sort(values), result.centroids)
+  np.testing.assert_array_equal(result.labels, jitted)
+  assert len(np.unique(jitted)) == 13
