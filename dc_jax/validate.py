@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, device_data, prune
+from dc_jax import codec, device_data, prune, share
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -122,6 +122,8 @@ FIELDS: dict[str, Rule] = {
     "distill.weight": number(0, 1, low_included=True),
     "distill.temperature": POSITIVE,
     "share.max_iterations": integer(1),
+    "share.granularity": one_of(*share.GRANULARITIES),
+    "share.group_size": integer(1),
     "share.reduction": one_of(*REDUCTIONS),
     "share.train_unshared": BOOLEAN,
     "share.epochs": integer(0),
@@ -131,6 +133,7 @@ FIELDS: dict[str, Rule] = {
 
 # configs/base.py's defaults of the fields below: a value other than these is a choice the user made.
 SHARE_K_DEFAULT = 13
+SHARE_GROUP_SIZE_DEFAULT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +150,9 @@ OVERRIDES = (
     Override("share.k", SHARE_K_DEFAULT, lambda c: c.share.bits > 0,
              lambda c: f"share.bits={c.share.bits} gives every shared layer 2**{c.share.bits} clusters; "
                        f"valid: share.k with share.bits=0, or share.bits alone"),
+    Override("share.group_size", SHARE_GROUP_SIZE_DEFAULT, lambda c: c.share.granularity != "group",
+             lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels; "
+                       f"valid: with share.granularity='group' only"),
     Override("train.nesterov", False, lambda c: c.train.optimizer != "sgd",
              lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
     Override("prune.quality", 1.0, lambda c: c.prune.criterion != "threshold",
