@@ -3,9 +3,10 @@
 A shared layer is a `SharedKernel`: a float32 codebook, integer indices into it
 and the pruning mask. The codebook is the tensor's own ([k], the paper's), or
 one row per group of consecutive output channels ([groups, k], `granularity`
-"channel" or "group"), the indices local to their row. Clustering runs once per layer on the host (exact 1-D
-k-means, dc_jax/kmeans.py); everything that runs per step (the codebook lookup
-and its gradient) is jitted JAX.
+"channel" or "group"), the indices local to their row. Clustering runs once
+per layer (or group) on the host (exact 1-D k-means, dc_jax/kmeans.py);
+everything that runs per step (the codebook lookup and its gradient) is
+jitted JAX.
 """
 
 from __future__ import annotations
