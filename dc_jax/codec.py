@@ -16,7 +16,10 @@ unboxed), an nnx.State or its pure dict (integer keys of layers in a list come
 back as integers), float32, float16 and bfloat16 alike. Given `metadata` (a
 JSON object: what the model is and what data it takes), `write` stores it in
 a first record of its own (format version 3), and `read_metadata` reads it
-back without decoding the weights.
+back without decoding the weights. A kernel with a codebook per group of
+output channels (`SharedKernel.group_size`) is a record of its own kind, in
+format version 5; the indices stay local to their group's row, so one
+Huffman code serves all the groups of a layer.
 """
 
 from __future__ import annotations
@@ -44,15 +47,17 @@ from dc_jax.share import SharedKernel
 MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
 VERSION = 2  # The newest version without metadata. A writer writes 1 unless the tree needs 2 (FORMAT.md)...
 METADATA_VERSION = 3  # ...and 3, version 2 with a metadata record first, whenever it is given metadata.
-DEFLATED_VERSION = 4  # A whole file of version 1, 2 or 3, DEFLATE-compressed: `write(..., deflate=True)`.
-VERSIONS = (1, 2, 3, DEFLATED_VERSION)
+DEFLATED_VERSION = 4  # A whole file of version 1, 2, 3 or 5, DEFLATE-compressed: `write(..., deflate=True)`.
+GROUPED_VERSION = 5  # Version 3 plus grouped shared records (GROUPED), written whenever the tree holds one.
+VERSIONS = (1, 2, 3, DEFLATED_VERSION, GROUPED_VERSION)
 MAX_INFLATED_BYTES = 2**40  # A reader's limit on the file a version-4 file holds (its header says the size).
 MAX_INDEX_BITS = 16
 MAX_KERNEL_WEIGHTS = 2**32  # A reader's limit: 8 bytes of a shape can ask for more memory than any machine has.
 AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
 # One width for every shared layer, or (pattern, width) pairs where the first fullmatch wins; "auto" picks per layer.
 IndexBits = int | str | Sequence[tuple[str, int | str]]
-RAW, SHARED, EMPTY, METADATA = 0, 1, 2, 3  # Record kinds: a plain array, a SharedKernel, an empty dict, metadata.
+# Record kinds: a plain array, a SharedKernel, an empty dict, metadata, a SharedKernel with a codebook per group.
+RAW, SHARED, EMPTY, METADATA, GROUPED = 0, 1, 2, 3, 4
 _RAW_KINDS = "biufc"  # numpy dtype kinds stored raw: bool, signed, unsigned, float, complex.
 STR_KEY, INT_KEY = 0, 1  # Version 2's key types: a dict key, or an integer (nnx's index of a layer in a list).
 # ml_dtypes' types (numpy kind 'V', so dtype.str "<V2" does not name them): stored by name, from version 2.
@@ -70,13 +75,14 @@ class EncodedLayer:
 
   shape: tuple[int, ...]
   index_dtype: np.dtype  # The kernel's indices dtype, restored on decoding.
-  codebook: np.ndarray  # [k] of a CODEBOOK_DTYPES dtype: the kernel's own.
+  codebook: np.ndarray  # [k], or [groups, k] with group_size, of a CODEBOOK_DTYPES dtype: the kernel's own.
   index_bits: int  # b: each entry's jump is 1..2**b, stored as jump - 1.
   entries: int  # Kept weights plus fillers.
   weight_lengths: np.ndarray  # uint8 code lengths of weight symbols 0 (filler), 1..k (cluster + 1).
   weight_payload: bytes
   index_lengths: np.ndarray  # uint8 code lengths of the fields 0..2**b - 1 (jump - 1).
   index_payload: bytes
+  group_size: int = 0  # Output channels per codebook row (SharedKernel.group_size); 0 = one [k] codebook.
 
 
 class Summary(NamedTuple):
@@ -125,18 +131,21 @@ def from_neuron_major(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _kernel_arrays(kernel: SharedKernel, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The kernel's (codebook, indices, mask) as numpy, checked so that decoding can restore them exactly."""
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
-  if codebook.dtype.name not in CODEBOOK_DTYPES or codebook.ndim != 1:
-    raise ValueError(f"{name}: codebook must be [k] of {', '.join(CODEBOOK_DTYPES)}; "
+  rows = -(-indices.shape[-1] // kernel.group_size) if kernel.group_size and indices.ndim else None
+  expected = "[k]" if rows is None else f"[{rows}, k] (a row per {kernel.group_size} output channels)"
+  if codebook.dtype.name not in CODEBOOK_DTYPES or codebook.shape[:-1] != (() if rows is None else (rows,)):
+    raise ValueError(f"{name}: codebook must be {expected} of {', '.join(CODEBOOK_DTYPES)}; "
                      f"got {codebook.dtype}{list(codebook.shape)}")
   if indices.dtype.kind != "u" or mask.dtype != bool or indices.shape != mask.shape:
     raise ValueError(f"{name}: indices must be unsigned and mask bool, of one shape; "
                      f"got {indices.dtype}{list(indices.shape)} and {mask.dtype}{list(mask.shape)}")
-  if codebook.size > np.iinfo(indices.dtype).max + 1:
-    raise ValueError(f"{name}: {indices.dtype} indices cannot address {codebook.size} clusters")
+  k = codebook.shape[-1]
+  if k > np.iinfo(indices.dtype).max + 1:
+    raise ValueError(f"{name}: {indices.dtype} indices cannot address {k} clusters")
   if np.any(indices[~mask]):
     raise ValueError(f"{name}: indices must be 0 at pruned positions, or they would not survive the round trip")
-  if np.any(indices[mask] >= codebook.size):
-    raise ValueError(f"{name}: an index is >= the {codebook.size} clusters of the codebook")
+  if np.any(indices[mask] >= k):
+    raise ValueError(f"{name}: an index is >= the {k} clusters of the codebook")
   return codebook, indices, mask
 
 
@@ -209,7 +218,7 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
   codebook, indices, mask = _kernel_arrays(kernel, name)
   shape = tuple(int(d) for d in mask.shape)
   indices, mask = neuron_major(indices), neuron_major(mask)
-  k = codebook.size
+  k = codebook.shape[-1]
   bits = _auto_index_bits(mask, indices, k) if index_bits in ("auto", 0) else int(index_bits)
   symbols, fields = relative_entries(mask, indices, bits)
   weight_counts = np.bincount(symbols, minlength=k + 1)
@@ -219,7 +228,7 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
       shape=shape, index_dtype=indices.dtype, codebook=codebook, index_bits=bits,
       entries=int(symbols.size), weight_lengths=weight_lengths,
       weight_payload=huffman.encode(symbols, weight_lengths), index_lengths=index_lengths,
-      index_payload=huffman.encode(fields, index_lengths))
+      index_payload=huffman.encode(fields, index_lengths), group_size=kernel.group_size)
   return encoded, layer_stats(encoded, weight_counts, field_counts, kept=int(mask.sum()))
 
 
@@ -230,9 +239,10 @@ def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: 
   P+Q stores each weight symbol in ceil(log2(k + 1)) bits, one more code than
   the k clusters for the filler, and each index in b bits; P+Q+H stores the
   Huffman codes plus their code-length tables.
-  Both add the codebook (float32, or the kernel's narrower dtype).
+  Both add the codebook (float32, or the kernel's narrower dtype), all its
+  rows when there is one per group of channels.
   """
-  size, k, entries = math.prod(encoded.shape), encoded.codebook.size, encoded.entries
+  size, k, entries = math.prod(encoded.shape), encoded.codebook.shape[-1], encoded.entries
   weight_bits = huffman.coded_bits(weight_counts[:encoded.weight_lengths.size], encoded.weight_lengths)
   index_bits = huffman.coded_bits(field_counts[:encoded.index_lengths.size], encoded.index_lengths)
   table_bits = 8 * (encoded.weight_lengths.size + encoded.index_lengths.size)
@@ -248,6 +258,7 @@ def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: 
     return 32 * size / bits if bits else math.inf
 
   return {"weights": size, "kept": kept, "kept_fraction": kept / size if size else 0.0, "clusters": k,
+          "codebooks": encoded.codebook.shape[0] if encoded.codebook.ndim == 2 else 1,
           "entries": entries, "fillers": entries - kept,
           "weight_bits_pq": fixed_width, "weight_bits_pqh": per_entry(weight_bits),
           "index_bits_pq": encoded.index_bits, "index_bits_pqh": per_entry(index_bits),
@@ -275,7 +286,7 @@ def decode_layer(encoded: EncodedLayer, dense: bool = False) -> SharedKernel | n
   With `dense`, the kernel it stands for instead (codebook values where kept,
   0 elsewhere, in the codebook's dtype), built without its indices and mask.
   """
-  k, size = encoded.codebook.size, math.prod(encoded.shape)
+  k, size = encoded.codebook.shape[-1], math.prod(encoded.shape)
   symbols = huffman.decode(encoded.weight_payload, encoded.weight_lengths, encoded.entries)
   fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
   if symbols.size and int(symbols.max()) > k:
@@ -285,14 +296,17 @@ def decode_layer(encoded: EncodedLayer, dense: bool = False) -> SharedKernel | n
   kept = kernel_positions(absolute_positions(symbols, fields, size), encoded.shape)
   if dense:
     weights = aligned_zeros(size, encoded.codebook.dtype)
-    weights[kept] = encoded.codebook[symbols[symbols != 0] - 1]
+    clusters = symbols[symbols != 0] - 1
+    if encoded.group_size:
+      clusters = clusters + kept % encoded.shape[-1] // encoded.group_size * k  # Kept positions are in C order.
+    weights[kept] = encoded.codebook.reshape(-1)[clusters]
     return weights.reshape(encoded.shape)
   mask = np.zeros(size, bool)
   mask[kept] = True
   indices = np.zeros(size, encoded.index_dtype)
   indices[kept] = symbols[symbols != 0] - 1
   return SharedKernel(codebook=encoded.codebook.copy(), indices=indices.reshape(encoded.shape),
-                      mask=mask.reshape(encoded.shape))
+                      mask=mask.reshape(encoded.shape), group_size=encoded.group_size)
 
 
 def kernel_positions(positions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -350,8 +364,10 @@ def _record_body(keys: tuple[str | int, ...], leaf: Any, encoded: EncodedLayer |
   if encoded is not None:
     codebook = (encoded.codebook.astype("<f4").tobytes() if version == 1
                 else _dtype_text(encoded.codebook.dtype) + _little_endian_bytes(encoded.codebook))
-    return (body + struct.pack("<B", SHARED) + _array_header(encoded.index_dtype, encoded.shape)
-            + struct.pack("<IB", encoded.codebook.size, encoded.index_bits)
+    groups = (struct.pack("<II", encoded.codebook.shape[0], encoded.group_size) if encoded.group_size else b"")
+    return (body + struct.pack("<B", GROUPED if encoded.group_size else SHARED)
+            + _array_header(encoded.index_dtype, encoded.shape)
+            + struct.pack("<IB", encoded.codebook.shape[-1], encoded.index_bits) + groups
             + codebook + struct.pack("<Q", encoded.entries)
             + _stream(encoded.weight_lengths, encoded.weight_payload)
             + _stream(encoded.index_lengths, encoded.index_payload))
@@ -511,6 +527,8 @@ def encode(variables: Any, index_bits: IndexBits = 5, metadata: dict[str, Any] |
   check_index_bits(index_bits)
   flat = _leaves(variables)
   version = _version(flat) if metadata is None else METADATA_VERSION
+  if any(isinstance(leaf, SharedKernel) and leaf.group_size for leaf in flat.values()):
+    version, metadata = GROUPED_VERSION, {} if metadata is None else metadata  # Version 5 starts with metadata.
   records = [] if metadata is None else [_framed(_metadata_body(metadata))]
   layers, dense_bytes, raw_bytes = [], 0, 0
   for keys, leaf in flat.items():
@@ -621,11 +639,11 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
   (kind,) = reader.unpack("B")
   if kind == EMPTY:
     leaf = traverse_util.empty_node
-  elif kind in (RAW, SHARED):
+  elif kind in (RAW, SHARED) or (kind == GROUPED and version >= GROUPED_VERSION):
     dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u", version)
     (ndim,) = reader.unpack("B")
     shape = reader.unpack(f"{ndim}Q")
-    if kind == SHARED and math.prod(shape) > MAX_KERNEL_WEIGHTS:  # Raw leaves are bounded by their bytes.
+    if kind != RAW and math.prod(shape) > MAX_KERNEL_WEIGHTS:  # Raw leaves are bounded by their bytes.
       raise DataError(f"{where}: a shared kernel of shape {list(shape)} has more than {MAX_KERNEL_WEIGHTS} weights")
     if kind == RAW:
       (size,) = reader.unpack("Q")
@@ -634,11 +652,15 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
       leaf = _from_little_endian(reader.take(size), dtype).reshape(shape)
     else:
       k, bits = reader.unpack("IB")
+      groups, group_size = reader.unpack("II") if kind == GROUPED else (0, 0)
+      if kind == GROUPED and (not shape or group_size < 1 or groups != -(-shape[-1] // group_size)):
+        raise DataError(f"{where}: {groups} codebooks of {group_size} output channels do not cover the "
+                        f"{shape[-1] if shape else 0} of shape {list(shape)}")
       codebook_dtype = np.dtype("<f4") if version == 1 else reader.dtype("f", version)
       if codebook_dtype.name not in CODEBOOK_DTYPES:
         raise DataError(f"{where}: codebook dtype {codebook_dtype}; valid: {', '.join(CODEBOOK_DTYPES)}")
-      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * k), codebook_dtype)
-      codebook = codebook.astype(codebook_dtype.newbyteorder("="))
+      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * k * max(groups, 1)), codebook_dtype)
+      codebook = codebook.astype(codebook_dtype.newbyteorder("=")).reshape((groups, k) if groups else (k,))
       (entries,) = reader.unpack("Q")
       weight_lengths, weight_payload = reader.stream()
       index_lengths, index_payload = reader.stream()
@@ -646,12 +668,13 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
         raise DataError(f"{where}: index width {bits} or {k} clusters for {dtype} indices is not valid")
       try:
         leaf = decode_layer(EncodedLayer(shape, dtype, codebook, bits, entries, weight_lengths, weight_payload,
-                                         index_lengths, index_payload), dense)
+                                         index_lengths, index_payload, group_size), dense)
       except ValueError as error:
         raise DataError(f"{where}: {error}") from error
   else:
     raise DataError(f"{where}: unknown record kind {kind}; valid: {RAW} raw, {SHARED} shared, {EMPTY} empty dict"
-                    + (f", {METADATA} metadata (record 0 only)" if version >= METADATA_VERSION else ""))
+                    + (f", {METADATA} metadata (record 0 only)" if version >= METADATA_VERSION else "")
+                    + (f", {GROUPED} shared with a codebook per group" if version >= GROUPED_VERSION else ""))
   if reader.offset != len(body):
     raise DataError(f"{where}: {len(body) - reader.offset} bytes left over after the record's fields")
   return keys, leaf
@@ -693,7 +716,7 @@ def _check_new_path(keys: tuple[str | int, ...], i: int, leaves: dict[tuple[str 
 
 
 def deflated(content: bytes) -> bytes:
-  """A file of version 1, 2 or 3 as a version-4 file: header, its DEFLATE stream (RFC 1951), CRC32 of all before.
+  """A file of version 1, 2, 3 or 5 as a version-4 file: header, its DEFLATE stream (RFC 1951), CRC32 of all before.
 
   Huffman-coded streams do not shrink; what does is everything around them:
   LeNet-300-100 files of 10-12 KB by 2.7-4.3%, VGG19 at 1/8 width (33-51 KB) by 13-17%.
@@ -730,7 +753,7 @@ def _inflated(data: memoryview, path: Path) -> memoryview:
     raise DataError(f"{path}: the DEFLATE stream holds {len(inner)} bytes, not the {size} its header says, "
                     f"or bytes follow its end")
   if _is_deflated(memoryview(inner)):
-    raise DataError(f"{path}: a version-4 file holds another version-4 file; it holds one of version 1, 2 or 3")
+    raise DataError(f"{path}: a version-4 file holds another version-4 file; it holds one of version 1, 2, 3 or 5")
   return memoryview(inner)
 
 
@@ -820,7 +843,7 @@ def read(path: str | Path, dense: bool = False) -> dict[str, Any]:
   (`SharedKernel.materialize`'s values, in the codebook's dtype), decoded
   straight into it: what inference in the dense form needs, in less time.
 
-  Reads format versions 1, 2 and 3 (whose metadata record `read_metadata`
+  Reads format versions 1, 2, 3 and 5 (whose metadata record `read_metadata`
   returns), and 4, a DEFLATE-compressed file of one of them. Boxed leaves come back unboxed (`flax_trees.rebox` puts a
   template's boxes back); integer keys come back as integers, so the pure dict
   of an nnx.State loads back with `flax_trees.load`.

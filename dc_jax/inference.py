@@ -43,11 +43,12 @@ Variables = Any
 class CodebookKernel:
   """A SharedKernel as the device holds it in the `codebook` form; `expand` gives the dense kernel."""
 
-  codebook: jax.Array  # [k + 1], 0.0 first, where the mask is folded into the codes; else the [k] codebook.
+  codebook: jax.Array  # [k + 1], 0.0 first, where the mask is folded into the codes; else [k]; a row per group.
   codes: jax.Array  # Flat uint8 (uint16 if k > 256) codes, or two 4-bit codes per byte, high nibble first.
   mask_bits: jax.Array | None  # np.packbits of the flat mask, only where it is not folded into the codes.
   shape: tuple[int, ...] = struct.field(pytree_node=False)
   nibbles: bool = struct.field(pytree_node=False, default=False)
+  group_size: int = struct.field(pytree_node=False, default=0)  # SharedKernel.group_size: channels per codebook row.
 
   @property
   def nbytes(self) -> int:
@@ -59,31 +60,34 @@ def _dense(kernel: SharedKernel) -> np.ndarray:
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
   dense = codec.aligned_zeros(mask.size, codebook.dtype)
   kept = np.flatnonzero(mask)
-  dense[kept] = codebook[indices.reshape(-1)[kept]]
+  clusters = indices.reshape(-1)[kept].astype(np.int64)
+  if kernel.group_size:
+    clusters += kept % mask.shape[-1] // kernel.group_size * codebook.shape[-1]
+  dense[kept] = codebook.reshape(-1)[clusters]
   return dense.reshape(mask.shape)
 
 
 def compact(kernel: SharedKernel, nibbles: bool | None = None) -> CodebookKernel:
   """The `codebook` form of a kernel, on the host; `nibbles=None` packs 4-bit codes whenever they fit."""
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
-  k = codebook.size
+  k = codebook.shape[-1]
   fold = k + 1 <= 256
   if fold:
-    codebook = np.concatenate([np.zeros(1, codebook.dtype), codebook])
+    codebook = np.concatenate([np.zeros((*codebook.shape[:-1], 1), codebook.dtype), codebook], axis=-1)
     # Indices are 0 where pruned, so index + mask is the folded code: one pass, no temporaries of 2 bytes a weight.
     codes = codec.aligned_zeros(indices.size, np.uint8)  # Aligned: device_put takes it without a copy.
     np.add(indices.reshape(-1).astype(np.uint8, copy=False), mask.reshape(-1).view(np.uint8), out=codes)
     mask_bits = None
   else:
     codes, mask_bits = indices.ravel(), np.packbits(mask.ravel())
-  fits = fold and codebook.size <= 16
+  fits = fold and codebook.shape[-1] <= 16
   nibbles = fits if nibbles is None else nibbles
   if nibbles and not fits:
-    raise ValueError(f"{k} clusters need {codebook.size} codes: more than 4 bits hold; use nibbles=False")
+    raise ValueError(f"{k} clusters need {codebook.shape[-1]} codes: more than 4 bits hold; use nibbles=False")
   if nibbles:
     codes = np.concatenate([codes, np.zeros(codes.size % 2, np.uint8)])
     codes = (codes[0::2] << 4) | codes[1::2]
-  return CodebookKernel(codebook, codes, mask_bits, tuple(indices.shape), bool(nibbles))
+  return CodebookKernel(codebook, codes, mask_bits, tuple(indices.shape), bool(nibbles), kernel.group_size)
 
 
 def expand(kernel: CodebookKernel) -> jax.Array:
@@ -92,7 +96,11 @@ def expand(kernel: CodebookKernel) -> jax.Array:
   codes = kernel.codes
   if kernel.nibbles:
     codes = jnp.stack([codes >> 4, codes & 15], axis=-1).reshape(-1)[:size]
-  values = kernel.codebook[codes]
+  if kernel.group_size:  # Each flat (C-order) position's channel is position % channels.
+    rows = jnp.arange(size) % kernel.shape[-1] // kernel.group_size
+    values = kernel.codebook.reshape(-1)[rows * kernel.codebook.shape[-1] + codes.astype(jnp.int32)]
+  else:
+    values = kernel.codebook[codes]
   if kernel.mask_bits is not None:
     mask = jnp.unpackbits(kernel.mask_bits, count=size).astype(bool)
     values = jnp.where(mask, values, jnp.zeros((), values.dtype))

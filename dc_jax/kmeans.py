@@ -316,6 +316,7 @@ class _Histogram:
     return total
 
 
+SMALL = 4096  # Values up to which `_labels` counts thresholds below by numpy's binary search instead of jit.
 _BLOCK = 64  # Values per block of `_Prefix`: one float64 stored per block, the rest summed on demand.
 _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memory).
 
@@ -387,6 +388,8 @@ def _labels(values: np.ndarray, low: float, high: float, centroids: np.ndarray) 
   k, n = centroids.size, values.size
   if k == 1:
     return np.zeros(n, np.int32)
+  if n <= SMALL:  # Per-channel codebooks cluster hundreds of small groups: a compile per size would dominate.
+    return np.searchsorted(_thresholds(centroids), values, side="left").astype(np.int32)
   cells = min(1 << 20, 64 * k)
   low, scale = _grid_parameters(low, high, cells)
   thresholds = _thresholds(centroids)

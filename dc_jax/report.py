@@ -86,17 +86,28 @@ def sweep_table(results: dict[str, Any], with_original: bool) -> str:
   return "\n".join(rows)
 
 
+def _codebooks(row: dict[str, Any]) -> str:
+  """"rows x k (bytes)" of a layer's codebooks; "" for results.json from before they were recorded."""
+  if "clusters" not in row or "codebook_bytes" not in row:
+    return ""
+  return f"{row.get('codebooks', 1)} x {row['clusters']} ({row['codebook_bytes']:,})"
+
+
 def layer_table(layers: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str:
-  """The paper's Tables 2-5: per layer weights kept, weight and index bits before and after Huffman coding."""
+  """The paper's Tables 2-5: per layer weights kept, weight and index bits before and after Huffman coding.
+
+  The compress rates count each layer's codebooks (all their rows); the last column shows them.
+  """
   rows = ["| layer | #weights | weights % (P) | weight bits (P+Q) | weight bits (P+Q+H) | index bits (P+Q) | "
-          "index bits (P+Q+H) | compress rate (P+Q) | compress rate (P+Q+H) |",
-          "| --- |" + " ---: |" * 8]
+          "index bits (P+Q+H) | compress rate (P+Q) | compress rate (P+Q+H) | codebooks x k (bytes) |",
+          "| --- |" + " ---: |" * 9]
   for r in layers:
     rows.append(f"| {r['layer']} | {r['weights']:,} | {_percent(r['kept_fraction'])} | {r['weight_bits_pq']} | "
                 f"{r['weight_bits_pqh']:.2f} | {r['index_bits_pq']} | {r['index_bits_pqh']:.2f} | "
-                f"{_ratio(r['compress_rate_pq'])} | {_ratio(r['compress_rate_pqh'])} |")
+                f"{_ratio(r['compress_rate_pq'])} | {_ratio(r['compress_rate_pqh'])} | "
+                f"{_codebooks(r)} |")
   rows.append(f"| total | {totals['weights']:,} | {_percent(totals['kept_fraction'])} | | | | | "
-              f"{_ratio(totals['compress_rate_pq'])} | {_ratio(totals['compress_rate_pqh'])} |")
+              f"{_ratio(totals['compress_rate_pq'])} | {_ratio(totals['compress_rate_pqh'])} | |")
   return "\n".join(rows)
 
 
@@ -181,8 +192,9 @@ def plot_layer(path: Path, name: str, dense: np.ndarray, pruned: np.ndarray, mas
   _histogram(axes[0], dense.ravel(), f"{name}: dense ({dense.size:,})", bins)
   _histogram(axes[1], pruned[mask], f"pruned: {int(mask.sum()):,} kept ({mask.mean():.1%})", bins)
   if shared is not None:
-    _histogram(axes[2], shared[mask], f"shared: {codebook.size} centroids", bins)
-    for value in codebook:
+    rows = f" in {codebook.shape[0]} codebooks" if codebook.ndim == 2 else ""
+    _histogram(axes[2], shared[mask], f"shared: {codebook.size} centroids{rows}", bins)
+    for value in codebook if codebook.ndim == 1 else ():  # A codebook per channel: too many lines to read.
       axes[2].axvline(float(value), color="tab:red", linewidth=0.6, alpha=0.7)
   _save(fig, path)
 

@@ -1,9 +1,12 @@
 """Weight sharing (trained quantization, Han et al. 2016 Sec. 3): per-layer k-means, codebooks, centroid fine-tuning.
 
 A shared layer is a `SharedKernel`: a float32 codebook, integer indices into it
-and the pruning mask. Clustering runs once per layer on the host (exact 1-D
-k-means, dc_jax/kmeans.py); everything that runs per step (the codebook lookup
-and its gradient) is jitted JAX.
+and the pruning mask. The codebook is the tensor's own ([k], the paper's), or
+one row per group of consecutive output channels ([groups, k], `granularity`
+"channel" or "group"), the indices local to their row. Clustering runs once
+per layer (or group) on the host (exact 1-D k-means, dc_jax/kmeans.py);
+everything that runs per step (the codebook lookup and its gradient) is
+jitted JAX.
 """
 
 from __future__ import annotations
@@ -28,46 +31,62 @@ from dc_jax.errors import ConfigError
 Params = Any
 _log = logging.getLogger(__name__)  # A caller silences it with logging.getLogger("dc_jax.share").setLevel(...).
 REDUCTIONS = ("sum", "mean")
+GRANULARITIES = ("tensor", "channel", "group")  # One codebook per tensor, per output channel, per group of channels.
 MAX_CLUSTERS = 2 ** 16  # Indices are uint8 or uint16.
 # One cluster count for every selected layer, or (pattern, count) pairs where the first fullmatch wins.
 PerLayerCount = int | Sequence[tuple[str, int]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def channel_groups(channels: int, group_size: int) -> jax.Array:
+  """Each output channel's codebook row: channel c (the kernel's last axis, in Flax) uses row c // group_size."""
+  return jnp.arange(channels) // group_size
+
+
+def segments(indices: jax.Array, k: int, group_size: int = 0) -> jax.Array:
+  """Each weight's centroid in the flat codebook: its index, or group * k + index with a codebook per group."""
+  if not group_size:
+    return indices
+  return channel_groups(indices.shape[-1], group_size) * k + indices.astype(jnp.int32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 5))
 def lookup(codebook: jax.Array, indices: jax.Array, mask: jax.Array, reduction: str = "sum",
-           kept: KeptWeights | None = None) -> jax.Array:
+           kept: KeptWeights | None = None, group_size: int = 0) -> jax.Array:
   """`codebook[indices]` where `mask`, else 0; a centroid's gradient is its weights' gradients summed (Eq. 3).
 
-  The backward pass is an explicit `segment_sum` over the indices, or their
+  With `group_size` > 0 the codebook is [groups, k] and a weight in output
+  channel c reads `codebook[c // group_size, index]`. The backward pass is an
+  explicit `segment_sum` over the centroids (group * k + index), or their
   mean with `reduction="mean"`; indices and mask get no gradient. Given
   `kept` (see `kept_weights`), it reads only the kept weights' gradients: a
   pruned layer's backward pass then touches a few percent of the layer
   instead of all of it.
   """
   del kept  # Used by the backward pass only.
-  return jnp.where(mask, codebook[indices], jnp.zeros((), codebook.dtype))
+  values = codebook.ravel()[segments(indices, codebook.shape[-1], group_size)] if group_size else codebook[indices]
+  return jnp.where(mask, values, jnp.zeros((), codebook.dtype))
 
 
-def _lookup_fwd(codebook, indices, mask, reduction, kept):
-  return lookup(codebook, indices, mask, reduction), (codebook, indices, mask, kept)
+def _lookup_fwd(codebook, indices, mask, reduction, kept, group_size):
+  return lookup(codebook, indices, mask, reduction, None, group_size), (codebook, indices, mask, kept)
 
 
-def _lookup_bwd(reduction, residuals, weight_grads):
+def _lookup_bwd(reduction, group_size, residuals, weight_grads):
   codebook, indices, mask, kept = residuals
-  k = codebook.shape[0]
+  size = codebook.size
   if kept is None:
     members = jnp.where(mask, weight_grads, 0.0).ravel()
-    segments = indices.ravel()
+    ids = segments(indices, codebook.shape[-1], group_size).ravel()
     weights = mask.ravel()
   else:
     members = weight_grads.ravel()[kept.positions]
-    segments = kept.indices
-    weights = jnp.ones_like(segments, dtype=bool)
-  grads = jax.ops.segment_sum(members, segments, num_segments=k)
+    ids = kept.indices
+    weights = jnp.ones_like(ids, dtype=bool)
+  grads = jax.ops.segment_sum(members, ids, num_segments=size)
   if reduction == "mean":
-    counts = jax.ops.segment_sum(weights.astype(grads.dtype), segments, num_segments=k)
+    counts = jax.ops.segment_sum(weights.astype(grads.dtype), ids, num_segments=size)
     grads = grads / jnp.maximum(counts, 1.0)
-  return grads.astype(codebook.dtype), None, None, None
+  return grads.reshape(codebook.shape).astype(codebook.dtype), None, None, None
 
 
 lookup.defvjp(_lookup_fwd, _lookup_bwd)
@@ -77,13 +96,17 @@ class KeptWeights(NamedTuple):
   """Where a mask keeps weights, and their clusters: fixed while fine-tuning, so computed once."""
 
   positions: jax.Array  # int32: flat (row-major) positions where the mask is True, ascending.
-  indices: jax.Array  # int32: the cluster of each (XLA:CPU scatters with int32 ids faster than with uint8).
+  indices: jax.Array  # int32: the centroid of each in the flat codebook (`segments`); int32 scatters faster on XLA:CPU.
 
 
-def kept_weights(indices: jax.Array | np.ndarray, mask: jax.Array | np.ndarray) -> KeptWeights:
-  """What `lookup`'s fast backward pass reads (gathering the indices there in each step would cost as much again)."""
+def kept_weights(indices: jax.Array | np.ndarray, mask: jax.Array | np.ndarray, k: int = 0,
+                 group_size: int = 0) -> KeptWeights:
+  """What `lookup`'s fast backward pass reads (gathering the indices there in each step would cost as much again).
+
+  With a codebook per group (`group_size` > 0, rows of `k`), the centroids are counted in the flat codebook.
+  """
   positions = np.flatnonzero(np.asarray(mask)).astype(np.int32)
-  clusters = np.asarray(indices).ravel()[positions].astype(np.int32)
+  clusters = np.asarray(segments(np.asarray(indices), k, group_size)).ravel()[positions].astype(np.int32)
   return KeptWeights(jnp.asarray(positions), jnp.asarray(clusters))
 
 
@@ -93,16 +116,19 @@ class SharedKernel:
 
   Indices at pruned positions are 0, so that equal kernels have equal arrays.
   `kept` is derived from `indices` and `mask`, for training only (`split`
-  adds it; files do not store it).
+  adds it; files do not store it). With `group_size` > 0 the codebook has a
+  row per group of that many consecutive output channels (the last group may
+  be smaller) and each index points into its channel's row.
   """
 
-  codebook: jax.Array  # [k], the kernel's own float dtype (float32, bfloat16, ...): the shared values, sorted.
+  codebook: jax.Array  # [k], or [groups, k] with group_size: the kernel's own float dtype; each row sorted.
   indices: jax.Array  # The kernel's shape, the narrowest unsigned dtype that holds k - 1.
   mask: jax.Array  # The kernel's shape, bool; True = kept by pruning.
   kept: KeptWeights | None = None  # Derived from indices and mask, or None; speeds up the backward pass.
+  group_size: int = struct.field(pytree_node=False, default=0)  # Output channels per codebook row; 0 = one [k].
 
   def materialize(self, reduction: str = "sum") -> jax.Array:
-    return lookup(self.codebook, self.indices, self.mask, reduction, self.kept)
+    return lookup(self.codebook, self.indices, self.mask, reduction, self.kept, self.group_size)
 
 
 def is_shared(leaf: Any) -> bool:
@@ -144,6 +170,8 @@ class Plan:
   seed: int = 0  # For the random and kmeans++ initialisations.
   bits: int = 0  # 2**bits clusters per layer instead of k; 0 = k decides.
   layer_bits: Sequence[tuple[str, int]] = ()  # (regex, bits) pairs, first fullmatch wins, before bits / k.
+  granularity: str = "tensor"  # tensor (one codebook, the paper's) | channel | group (of group_size channels).
+  group_size: int = 8  # granularity="group": output channels per codebook; the last group may be smaller.
 
   def __post_init__(self) -> None:
     if self.bits or self.layer_bits:
@@ -164,20 +192,62 @@ class Plan:
         _check_count(k, f"share clusters for {pattern!r}")
     if self.max_iterations < 1:
       raise ConfigError(f"share.max_iterations={self.max_iterations!r}; valid: >= 1")
+    if self.granularity not in GRANULARITIES:
+      raise ConfigError(f"share.granularity={self.granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    if not (isinstance(self.group_size, numbers.Integral) and not isinstance(self.group_size, bool)
+            and self.group_size >= 1):
+      raise ConfigError(f"share.group_size={self.group_size!r}; valid: an integer >= 1")
+
+  @property
+  def channels_per_codebook(self) -> int:
+    """SharedKernel.group_size: 0 = one codebook per tensor, else output channels per codebook row."""
+    return {"tensor": 0, "channel": 1, "group": int(self.group_size)}[self.granularity]
 
   def clusters(self, name: str) -> int:
     return int(rules.value_for(self.k, name, "share cluster counts"))
+
+
+def _cluster(weights: np.ndarray, mask: np.ndarray, k: int, plan: Plan) -> tuple[np.ndarray, np.ndarray, dict]:
+  """One layer's (codebook, indices, row) in float32 as the plan's granularity asks, from its kept weights.
+
+  A codebook per group: each group is clustered alone, and rows with fewer
+  distinct kept values than the widest row are padded with their last
+  centroid (zeros for a group without kept weights), which no index uses.
+  """
+  group_size = plan.channels_per_codebook
+  indices = np.zeros(weights.shape, index_dtype(k))
+  if not group_size:
+    result = kmeans.kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
+    indices[mask] = result.labels
+    codebook = result.centroids.astype(np.float32) if result.centroids.size else np.zeros(1, np.float32)
+    return codebook, indices, {"inertia": result.inertia, "iterations": result.iterations,
+                               "converged": result.converged, "fewest": result.centroids.size}
+  starts = range(0, weights.shape[-1], group_size)
+  results = [kmeans.kmeans_1d(weights[..., s:s + group_size][mask[..., s:s + group_size]], k, plan.init,
+                              plan.max_iterations, plan.seed) for s in starts]
+  width = max(1, max(r.centroids.size for r in results))
+  codebook = np.zeros((len(results), width), np.float32)
+  for row, (start, result) in enumerate(zip(starts, results)):
+    view = indices[..., start:start + group_size]  # A view: assigning through it fills `indices`.
+    view[mask[..., start:start + group_size]] = result.labels
+    if result.centroids.size:
+      codebook[row] = np.pad(result.centroids, (0, width - result.centroids.size), mode="edge")
+  return codebook, indices, {"inertia": sum(r.inertia for r in results),
+                             "iterations": max(r.iterations for r in results),
+                             "converged": all(r.converged for r in results),
+                             "fewest": min(r.centroids.size for r in results)}
 
 
 def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, list[dict[str, Any]]]:
   """The parameter tree with every selected kernel replaced by a SharedKernel of its surviving weights.
 
   Returns the tree and one row per shared layer (JSON-able): clusters asked
-  and used, surviving weights, inertia, iterations. A layer with fewer
-  distinct surviving values than k gets one centroid per value, and says so
-  (a logging warning of "dc_jax.share"). Clustering runs in float32 (exact
-  for bfloat16 and float16 weights); the codebook keeps the kernel's dtype,
-  so `materialize` gives back a tree of the dtypes it was given.
+  and used (per codebook), codebooks, surviving weights, inertia, iterations.
+  A layer (or group) with fewer distinct surviving values than k gets one
+  centroid per value, and says so (a logging warning of "dc_jax.share").
+  Clustering runs in float32 (exact for bfloat16 and float16 weights); the
+  codebook keeps the kernel's dtype, so `materialize` gives back a tree of
+  the dtypes it was given.
   """
   selected = prune.select(params, plan.patterns, "share.patterns")
   rows = []
@@ -191,18 +261,17 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"share.patterns selects {name}, of {dtype}; valid: floating weights only")
     weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
-    result = kmeans.kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
-    indices = np.zeros(weights.shape, index_dtype(k))
-    indices[mask] = result.labels
-    codebook = result.centroids.astype(np.float32) if result.centroids.size else np.zeros(1, np.float32)
-    codebook = np.sort(codebook.astype(dtype)) if dtype != np.float32 else codebook
-    rows.append({"layer": name, "k": k, "clusters": int(codebook.size), "weights": int(weights.size),
-                 "kept": int(mask.sum()), "inertia": result.inertia, "iterations": result.iterations,
-                 "converged": result.converged})
-    if result.centroids.size < k:
-      _log.warning("share: %s has %d distinct surviving values, fewer than k=%d: one centroid each",
-                   name, result.centroids.size, k)
-    return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask))
+    codebook, indices, stats = _cluster(weights, mask, k, plan)
+    codebook = np.sort(codebook.astype(dtype), axis=-1) if dtype != np.float32 else codebook
+    fewest = stats.pop("fewest")
+    rows.append({"layer": name, "k": k, "clusters": int(codebook.shape[-1]),
+                 "codebooks": int(codebook.shape[0]) if codebook.ndim == 2 else 1, "weights": int(weights.size),
+                 "kept": int(mask.sum()), **stats})
+    if fewest < k:
+      _log.warning("share: %s has %d distinct surviving values (in its sparsest codebook), fewer than k=%d: "
+                   "one centroid each", name, fewest, k)
+    return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask),
+                        group_size=plan.channels_per_codebook)
 
   shared = jax.tree_util.tree_map_with_path(share_leaf, params, masks, selected)
   return shared, rows
@@ -222,7 +291,8 @@ def split(shared: Params) -> tuple[Params, Params]:
   """
   trainable = jax.tree.map(lambda leaf: leaf.codebook if is_shared(leaf) else leaf, shared, is_leaf=is_shared)
   frozen = jax.tree.map(
-      lambda leaf: leaf.replace(codebook=None, kept=kept_weights(leaf.indices, leaf.mask)) if is_shared(leaf) else None,
+      lambda leaf: leaf.replace(codebook=None, kept=kept_weights(leaf.indices, leaf.mask, leaf.codebook.shape[-1],
+                                                                 leaf.group_size)) if is_shared(leaf) else None,
       shared, is_leaf=is_shared)
   return trainable, frozen
 

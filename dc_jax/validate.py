@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, device_data, dkm, prune
+from dc_jax import codec, device_data, dkm, prune, share
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -123,6 +123,8 @@ FIELDS: dict[str, Rule] = {
     "distill.weight": number(0, 1, low_included=True),
     "distill.temperature": POSITIVE,
     "share.max_iterations": integer(1),
+    "share.granularity": one_of(*share.GRANULARITIES),
+    "share.group_size": integer(1),
     "share.reduction": one_of(*REDUCTIONS),
     "share.method": one_of(*dkm.METHODS),
     "share.dkm_iterations": integer(1),
@@ -135,6 +137,7 @@ FIELDS: dict[str, Rule] = {
 
 # configs/base.py's defaults of the fields below: a value other than these is a choice the user made.
 SHARE_K_DEFAULT = 13
+SHARE_GROUP_SIZE_DEFAULT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +160,11 @@ OVERRIDES = (
              lambda c: f"share.method={c.share.method!r} has no soft clustering; valid: with share.method=dkm only"),
     Override("share.reduction", "sum", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' trains the weights, not codebooks; valid: with share.method=paper only"),
+    Override("share.granularity", "tensor", lambda c: c.share.method == "dkm",
+             lambda c: "share.method='dkm' clusters each layer as one tensor; valid: with share.method=paper only"),
+    Override("share.group_size", SHARE_GROUP_SIZE_DEFAULT, lambda c: c.share.granularity != "group",
+             lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels; "
+                       f"valid: with share.granularity='group' only"),
     Override("train.nesterov", False, lambda c: c.train.optimizer != "sgd",
              lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
     Override("prune.quality", 1.0, lambda c: c.prune.criterion != "threshold",

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dc_jax import codec, huffman
+from dc_jax import codec, huffman, share
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.share import SharedKernel
 
@@ -556,3 +556,71 @@ def test_a_bad_deflated_file_fails_in_one_line_naming_the_file(tmp_path, model_f
   path.write_bytes(content)
   with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + re.escape(message)):
     codec.read(path)
+
+
+def grouped_tree(granularity: str, seed: int = 0) -> dict:
+  """`mixed_tree`'s parameters shared anew at `granularity` (groups of 5 channels: 16 = 5 + 5 + 5 + 1)."""
+  params = mixed_tree(seed)["params"]
+  kernels = {name: layer["kernel"] for name, layer in params.items() if "kernel" in layer}
+  weights = {name: {"kernel": jnp.asarray(kernel.materialize()) + 0.01 * jnp.arange(kernel.mask.shape[-1])}
+             for name, kernel in kernels.items()}  # Channels of different values, so that rows differ.
+  masks = {name: {"kernel": jnp.asarray(kernel.mask)} for name, kernel in kernels.items()}
+  shared, _ = share.quantize(weights, masks, share.Plan(k=16, granularity=granularity, group_size=5))
+  return {"params": shared, "batch_stats": mixed_tree(seed)["batch_stats"]}
+
+
+@pytest.mark.parametrize("granularity", share.GRANULARITIES)
+@pytest.mark.parametrize("metadata, deflate", [(None, False), (METADATA, False), (METADATA, True)])
+def test_each_granularity_round_trips_bit_for_bit(tmp_path, granularity, metadata, deflate):
+  tree = grouped_tree(granularity)
+  path = tmp_path / "model.dcz"
+  codec.write(path, tree, "auto", metadata, deflate)
+  back = codec.read(path)
+  assert_same_leaves(back, tree)
+  for name, layer in tree["params"].items():
+    assert back["params"][name]["kernel"].group_size == layer["kernel"].group_size == {
+        "tensor": 0, "channel": 1, "group": 5}[granularity]
+  shapes = {"tensor": (16,), "channel": (16, 16), "group": (4, 16)}  # conv1's 16 channels.
+  assert back["params"]["conv1"]["kernel"].codebook.shape == shapes[granularity]
+  inner = codec._inflated(memoryview(path.read_bytes()), path)
+  version = struct.unpack("<H", inner[8:10])[0]
+  assert version == (codec.GROUPED_VERSION if granularity != "tensor" else 1 if metadata is None else 3)
+  assert codec.read_metadata(path) == (metadata if metadata is not None or granularity == "tensor" else {})
+  dense = codec.read(path, dense=True)
+  for name, layer in tree["params"].items():
+    np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
+
+
+def test_grouped_layer_statistics_count_every_codebook_row():
+  tree = grouped_tree("channel")
+  encoded, row = codec.encode_layer(tree["params"]["fc1"]["kernel"], 5)
+  tensor_encoded, tensor_row = codec.encode_layer(grouped_tree("tensor")["params"]["fc1"]["kernel"], 5)
+  assert (row["codebooks"], row["clusters"], row["codebook_bytes"]) == (120, 16, 120 * 16 * 4)
+  assert tensor_row["codebook_bytes"] == 16 * 4
+  assert row["bits_pqh"] - tensor_row["bits_pqh"] >= 8 * (120 - 1) * 16 * 4 - 8 * 200  # Codebooks, give or take codes.
+
+
+def test_float16_narrows_every_row_of_a_grouped_codebook_and_reads_back_exactly(tmp_path):
+  tree = codec.narrow_codebooks(grouped_tree("group"), "float16")
+  codebook = tree["params"]["fc1"]["kernel"].codebook
+  assert codebook.dtype == np.float16 and codebook.shape == (24, 16)
+  path = tmp_path / "model.dcz"
+  codec.write(path, tree)
+  assert_same_leaves(codec.read(path), tree)
+
+
+def test_a_grouped_record_in_a_file_before_version_5_is_rejected(tmp_path):
+  content = bytearray(codec.encode(grouped_tree("channel"), metadata=METADATA)[0])
+  content[8:10] = struct.pack("<H", 3)
+  content[14:18] = struct.pack("<I", zlib.crc32(bytes(content[:14])))
+  content[-4:] = struct.pack("<I", zlib.crc32(bytes(content[:-4])))
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(bytes(content))
+  with pytest.raises(DataError, match="unknown record kind 4"):
+    codec.read(path)
+
+
+def test_a_grouped_codebook_that_does_not_cover_the_channels_is_refused():
+  kernel = grouped_tree("group")["params"]["fc1"]["kernel"]
+  with pytest.raises(ValueError, match=r"codebook must be \[24, k\]"):
+    codec.encode_layer(kernel.replace(codebook=kernel.codebook[:-1]))

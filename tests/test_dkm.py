@@ -141,3 +141,10 @@ def test_a_centroid_reduction_with_dkm_is_an_error_naming_both():
     experiment.Experiment.from_config(config)
   config.share.reduction = "sum"
   assert experiment.Experiment.from_config(config).dkm == dkm.Plan()
+
+
+def test_per_channel_codebooks_with_dkm_are_an_error_naming_both():
+  config = lenet5.get_config()
+  config.share.method, config.share.granularity = "dkm", "channel"
+  with pytest.raises(ConfigError, match="share.granularity='channel' has no effect: share.method='dkm'"):
+    experiment.Experiment.from_config(config)

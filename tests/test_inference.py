@@ -11,8 +11,8 @@ from dc_jax.models import LeNet300100, LeNet5, VGG
 from dc_jax.share import SharedKernel
 
 
-def pruned_shared(variables, k: int, kept: float, seed: int = 0):
-  """Every kernel pruned to about `kept` and shared over k sorted centroids, as the pipeline leaves it."""
+def pruned_shared(variables, k: int, kept: float, seed: int = 0, group_size: int = 0):
+  """Every kernel pruned to about `kept` and shared over k sorted centroids (a row per group), as the pipeline leaves it."""
   rng = np.random.default_rng(seed)
 
   def share(path, leaf):
@@ -20,9 +20,10 @@ def pruned_shared(variables, k: int, kept: float, seed: int = 0):
       return np.asarray(leaf)
     mask = rng.random(leaf.shape) < kept
     scale = np.sqrt(2 / (kept * np.prod(leaf.shape[:-1])))  # He initialisation of the kept weights: logits that vary.
-    codebook = np.sort(rng.normal(0.0, scale, k)).astype(np.float32)
+    rows = (-(-leaf.shape[-1] // group_size),) if group_size else ()
+    codebook = np.sort(rng.normal(0.0, scale, (*rows, k)), axis=-1).astype(np.float32)
     indices = np.where(mask, rng.integers(0, k, leaf.shape), 0).astype(np.uint8 if k <= 256 else np.uint16)
-    return SharedKernel(codebook, indices, mask)
+    return SharedKernel(codebook, indices, mask, group_size=group_size)
 
   return jax.tree_util.tree_map_with_path(share, variables)
 
@@ -34,27 +35,28 @@ MODELS = {
 }
 
 
-def decoded(name, tmp_path, k=None):
+def decoded(name, tmp_path, k=None, group_size=0):
   model, shape, default_k, kept = MODELS[name]
   variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
   variables = jax.tree.map(np.asarray, variables)
   path = tmp_path / f"{name}.dcz"
-  codec.write(path, pruned_shared(variables, k or default_k, kept))
+  codec.write(path, pruned_shared(variables, k or default_k, kept, group_size=group_size))
   images = jax.random.normal(jax.random.key(1), (3, *shape))
   return model, codec.read(path), images
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_forms_agree_with_the_dense_decode(name, tmp_path):
-  model, variables, images = decoded(name, tmp_path)
+@pytest.mark.parametrize("name, group_size", [(name, 0) for name in sorted(MODELS)]
+                         + [("lenet300100", 1), ("lenet5", 3)])  # A codebook per channel, per 3 channels.
+def test_forms_agree_with_the_dense_decode(name, group_size, tmp_path):
+  model, variables, images = decoded(name, tmp_path, group_size=group_size)
   dense = inference.predictor(model, variables, "dense")(images)
   if name != "tiny_vgg":  # The dense form is the dense decode (unjitted, VGG's ops compile one by one: slow).
     expected = model.apply(jax.tree.map(
         lambda leaf: leaf.materialize() if isinstance(leaf, SharedKernel) else leaf, variables,
         is_leaf=lambda leaf: isinstance(leaf, SharedKernel)), images)
     chex.assert_trees_all_close(dense, expected, atol=1e-5, rtol=1e-5)
-  for form in ("codebook", "sparse"):
-    logits = inference.predictor(model, variables, form)(images)
+  for form, nibbles in (("codebook", None), ("codebook", False), ("sparse", None)):
+    logits = inference.predictor(model, variables, form, nibbles)(images)
     chex.assert_trees_all_close(logits, dense, atol=1e-5, rtol=1e-5)
   assert float(jnp.std(dense)) > 1e-3  # Logits that differ between images: a comparison that could fail.
 

@@ -179,3 +179,13 @@ def test_the_histogram_path_rejects_nan(small_histogram):
   values[17] = np.nan
   with pytest.raises(ValueError, match="NaN"):
     kmeans.kmeans_1d(values, 8)
+
+
+def test_small_inputs_get_the_labels_of_the_jitted_grid(monkeypatch):
+  rng = np.random.default_rng(3)
+  values = np.concatenate([rng.standard_normal(3000), [0.0, 0.0, 1e-8]]).astype(np.float32)
+  result = kmeans.kmeans_1d(values, 13)  # 3003 values: numpy's binary search.
+  monkeypatch.setattr(kmeans, "SMALL", 0)
+  jitted = kmeans._labels(values, float(values.min()), float(values.max()), result.centroids)
+  np.testing.assert_array_equal(result.labels, jitted)
+  assert len(np.unique(jitted)) == 13

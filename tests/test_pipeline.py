@@ -101,6 +101,24 @@ def test_shared_stage_clusters_the_pruned_weights_and_fine_tunes_only_codebooks(
     np.testing.assert_array_equal(written[name]["kernel"].indices, clustered[name]["kernel"].indices)
 
 
+def test_a_codebook_per_channel_is_encoded_read_back_and_evaluated_from_the_file(small_config, tmp_path):
+  small_config.share.granularity = "channel"
+  workdir = tmp_path / "run"
+  stages = pipeline.run(small_config, workdir)["stages"]
+  assert [(r["layer"], r["codebooks"]) for r in stages["shared"]["layers"]] == [
+      ("ip1/kernel", 300), ("ip2/kernel", 100), ("ip3/kernel", 10)]
+  path = workdir / pipeline.MODEL_FILE
+  assert codec._header(codec._Reader(path.read_bytes(), "h"), path)[0] == codec.GROUPED_VERSION
+  written = codec.read(path)["params"]
+  for name, channels in (("ip1", 300), ("ip2", 100), ("ip3", 10)):
+    kernel = written[name]["kernel"]
+    assert kernel.group_size == 1 and kernel.codebook.shape[0] == channels
+    assert np.all(np.asarray(kernel.materialize())[~kernel.mask] == 0.0)
+  assert [r["codebook_bytes"] for r in stages["encoded"]["layers"]] == [4 * 300 * 16, 4 * 100 * 16, 4 * 10 * 16]
+  # Evaluated from the file: the fine-tuned model's accuracy, as the file holds it bit for bit.
+  assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
+
+
 def test_encoded_stage_file_decodes_to_the_shared_model_and_scores_the_same(small_config, tmp_path):
   workdir = tmp_path / "run"
   stages = pipeline.run(small_config, workdir)["stages"]

@@ -54,7 +54,9 @@ def test_layer_table_has_the_papers_columns():
   encoded = _results()["stages"]["encoded"]
   table = report.layer_table(encoded["layers"], encoded["totals"])
   assert "weight bits (P+Q+H)" in table and "index bits (P+Q+H)" in table
-  assert "| params/ip1/kernel | 235,200 | 7.00% | 7 | 5.17 | 8 | 3.88 | 30.0x | 48.6x |" in table
+  assert "| params/ip1/kernel | 235,200 | 7.00% | 7 | 5.17 | 8 | 3.88 | 30.0x | 48.6x |  |" in table  # Older results.
+  grouped = [{**encoded["layers"][0], "clusters": 16, "codebooks": 300, "codebook_bytes": 19_200}]
+  assert "| 30.0x | 48.6x | 300 x 16 (19,200) |" in report.layer_table(grouped, encoded["totals"])
 
 
 def test_figures_are_png_images_of_the_weights(tmp_path):
@@ -64,6 +66,9 @@ def test_figures_are_png_images_of_the_weights(tmp_path):
   codebook = np.float32([-1.5, -1.2, 1.2, 1.5])
   shared = np.where(mask, codebook[np.abs(dense[..., None] - codebook).argmin(-1)], 0.0)
   report.plot_layer(tmp_path / "w.png", "fc/kernel", dense, np.where(mask, dense, 0.0), mask, shared, codebook)
+  report.plot_layer(tmp_path / "g.png", "fc/kernel", dense, np.where(mask, dense, 0.0), mask, shared,
+                    np.tile(codebook, (40, 1)))  # A codebook per output channel.
+  assert (tmp_path / "g.png").read_bytes().startswith(PNG_MAGIC)
   report.plot_sweep(tmp_path / "s.png", _results()["sweep"], 0.99)
   report.plot_sensitivity(tmp_path / "v.png", {"ip1/kernel": [[0.5, 0.99], [0.1, 0.9]]}, 0.99)
   report.plot_kept_fractions(tmp_path / "k.png", _results()["stages"]["encoded"]["layers"])

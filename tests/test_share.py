@@ -77,9 +77,77 @@ def test_centroid_gradient_is_the_segment_sum_of_its_weights_gradients(reduction
   chex.assert_trees_all_close(ours, autodiff, rtol=1e-5, atol=1e-6)
 
 
-def _finetune_state(train_unshared: bool = True):
+@pytest.mark.parametrize("granularity, rows", [("channel", 10), ("group", 3)])  # 10 channels in groups of 4, 4, 2.
+def test_granular_quantize_gives_a_codebook_row_per_group_with_local_indices(granularity, rows):
+  rng = np.random.default_rng(0)
+  weights = rng.standard_normal((30, 10)).astype(np.float32)
+  mask = rng.random((30, 10)) < 0.5
+  mask[:, 9] = False  # A channel without kept weights: its row is zeros.
+  mask[:, 8] = False
+  mask[0, 8] = True  # A channel with one kept weight: its row repeats that value.
+  params, masks = {"fc": {"kernel": jnp.asarray(np.where(mask, weights, 0))}}, {"fc": {"kernel": jnp.asarray(mask)}}
+  shared, rows_out = share.quantize(params, masks, share.Plan(k=4, granularity=granularity, group_size=4))
+  kernel = shared["fc"]["kernel"]
+  chex.assert_shape(kernel.codebook, (rows, 4))
+  assert kernel.group_size == {"channel": 1, "group": 4}[granularity] and rows_out[0]["codebooks"] == rows
+  assert kernel.indices.dtype == jnp.uint8 and int(kernel.indices.max()) <= 3
+  dense = np.asarray(kernel.materialize())
+  assert np.all(dense[~mask] == 0.0)
+  codebook = np.asarray(kernel.codebook)
+  for channel in range(10):
+    row = codebook[channel // kernel.group_size]
+    np.testing.assert_array_equal(dense[mask[:, channel], channel],
+                                  row[np.asarray(kernel.indices)[mask[:, channel], channel]])
+  if granularity == "channel":
+    np.testing.assert_array_equal(codebook[9], np.zeros(4))
+    np.testing.assert_array_equal(codebook[8], np.full(4, weights[0, 8]))
+
+
+def test_a_codebook_per_channel_clusters_at_least_as_well_as_one_per_tensor():
+  rng = np.random.default_rng(1)
+  params = {"fc": {"kernel": jnp.asarray(rng.standard_normal((200, 16)) * rng.uniform(0.1, 3, 16), jnp.float32)}}
+  masks = {"fc": {"kernel": jnp.asarray(rng.random((200, 16)) < 0.3)}}
+  errors = {}
+  for granularity in ("tensor", "channel"):
+    shared, rows = share.quantize(params, masks, share.Plan(k=8, granularity=granularity))
+    mask = np.asarray(masks["fc"]["kernel"])
+    errors[granularity] = np.sum((np.asarray(shared["fc"]["kernel"].materialize()) - params["fc"]["kernel"])[mask] ** 2)
+    np.testing.assert_allclose(errors[granularity], rows[0]["inertia"], rtol=1e-4)
+  assert errors["channel"] < 0.75 * errors["tensor"]  # Channels of different scales: better, not just as good.
+
+
+@pytest.mark.parametrize("reduction", share.REDUCTIONS)
+@pytest.mark.parametrize("with_kept_weights", [False, True])
+@pytest.mark.parametrize("group_size", [1, 4])  # 30 channels: 30 rows, or 8 rows (the last of 2 channels).
+def test_grouped_centroid_gradient_is_autodiff_of_the_masked_gather(reduction, with_kept_weights, group_size):
+  keys = jax.random.split(jax.random.key(1), 4)
+  k, groups = 5, -(-30 // group_size)
+  codebook = jnp.sort(jax.random.normal(keys[0], (groups, k)), axis=-1)
+  mask = jax.random.bernoulli(keys[2], 0.4, (40, 30))
+  indices = jnp.where(mask, jax.random.randint(keys[1], (40, 30), 0, k), 0).astype(jnp.uint8)
+  target = jax.random.normal(keys[3], (40, 30))
+  kept = share.kept_weights(indices, mask, k, group_size) if with_kept_weights else None
+  rows = jnp.arange(30) // group_size
+
+  def loss(lookup_fn, c):
+    return jnp.sum(jnp.sin(lookup_fn(c) * target))
+
+  ours = jax.jit(jax.grad(lambda c: loss(lambda c: share.lookup(c, indices, mask, reduction, kept, group_size), c)))(
+      codebook)
+  autodiff = jax.grad(lambda c: loss(lambda c: jnp.where(mask, c[rows, indices], 0.0), c))(codebook)
+  if reduction == "mean":
+    counts = np.zeros((groups, k))
+    np.add.at(counts, (np.broadcast_to(np.asarray(rows), mask.shape)[np.asarray(mask)],
+                       np.asarray(indices)[np.asarray(mask)]), 1)
+    autodiff = autodiff / np.maximum(counts, 1)
+  chex.assert_shape(ours, (groups, k))
+  chex.assert_trees_all_close(ours, autodiff, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(ours)).max() > 0
+
+
+def _finetune_state(train_unshared: bool = True, granularity: str = "tensor"):
   model, params, masks = _pruned_lenet()
-  shared, _ = share.quantize(params, masks, share.Plan(k=16))
+  shared, _ = share.quantize(params, masks, share.Plan(k=16, granularity=granularity))
   trainable, frozen = share.split(shared)
   tx = share.finetune_optimizer(optax.sgd(0.01, momentum=0.9), shared, train_unshared)
   state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, batch_stats={}, tx=tx, frozen=frozen)
@@ -92,8 +160,9 @@ def _batch(seed: int):
           "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
 
 
-def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero():
-  state, shared = _finetune_state()
+@pytest.mark.parametrize("granularity", share.GRANULARITIES)
+def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero(granularity):
+  state, shared = _finetune_state(granularity=granularity)
   for step in range(3):
     state, _ = train.train_step(state, _batch(step), jax.random.key(0))
   _, frozen = share.split(shared)
@@ -104,7 +173,7 @@ def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero():
   for name in ("ip1", "ip2", "ip3"):
     mask = np.asarray(shared[name]["kernel"].mask)
     assert np.all(np.asarray(dense[name]["kernel"])[~mask] == 0.0)
-    assert len(np.unique(np.asarray(dense[name]["kernel"])[mask])) <= 16
+    assert len(np.unique(np.asarray(dense[name]["kernel"])[mask])) <= shared[name]["kernel"].codebook.size
 
 
 def test_finetuning_without_unshared_leaves_biases_as_they_were():
@@ -129,6 +198,8 @@ def test_materialisation_is_traced_once_for_all_steps():
     ({"k": 2 ** 16 + 1}, "share.k=65537"),
     ({"k": [("ip1/kernel", 0)]}, "'ip1/kernel'"),
     ({"max_iterations": 0}, "share.max_iterations=0"),
+    ({"granularity": "row"}, "share.granularity='row'; valid: tensor, channel, group"),
+    ({"granularity": "group", "group_size": 0}, "share.group_size=0; valid: an integer >= 1"),
 ])
 def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

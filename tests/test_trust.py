@@ -386,6 +386,8 @@ def test_the_override_rules_know_base_pys_defaults():
     ("share.epochs", -1, "share.epochs=-1"),
     ("share.learning_rate", 0.0, "share.learning_rate=0.0"),
     ("share.max_iterations", 0, "share.max_iterations=0"),
+    ("share.granularity", "row", "share.granularity='row' is not valid; valid: tensor, channel, group"),
+    ("share.group_size", 0, "share.group_size=0 is not valid; valid: an integer >= 1"),
     ("codec.deflate", "yes", "codec.deflate='yes' is not valid; valid: True or False"),
     ("codec.codebook_dtype", "int8", "codec.codebook_dtype='int8' is not valid; valid: float32, float16"),
     ("distill.weight", 1.5, "distill.weight=1.5 is not valid; valid: a number >= 0 and <= 1"),
@@ -408,6 +410,7 @@ def test_each_field_is_checked_with_its_value_and_what_is_valid(field, value, me
     ({"prune.layer_qualities": (("ip1.*", 0.5),)}, "prune.layer_qualities=(('ip1.*', 0.5),) has no effect"),
     ({"data.augment": False, "data.crop_padding": 4}, "data.flip=False has no effect: data.augment=False"),
     ({"data.augment": False}, "data.crop_padding=2 has no effect: data.augment=False"),
+    ({"share.group_size": 4}, "share.group_size=4 has no effect: share.granularity='tensor' has no groups"),
 ])
 def test_a_setting_that_another_overrides_is_an_error_naming_both(changes, message):
   config = lenet300.get_config()
