@@ -213,13 +213,13 @@ HISTOGRAM_INITS = ("linear", "density")  # The others draw from the sorted value
 
 
 def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: int) -> KMeansResult | None:
-  """Lloyd on a histogram of the values, finished by exact Lloyd iterations: the same fixed points, no sort.
+  """Lloyd on a histogram of the values, finished by exact Lloyd iterations: an exact fixed point, no sort.
 
   Sorting 16.8M float32 weights costs more than all of Lloyd's iterations
   after it. The grid's cells are contiguous runs of the sorted values, so
   Lloyd first runs on the cells' means, weighted by their counts, until it
   settles; the cells that then hold a threshold are pulled out and sorted (a
-  few thousand values), and exact iterations continue: the count and sum
+  few per cent of the values at most), and exact iterations continue: the count and sum
   below each threshold are those of the cells before it plus the exact part
   of its own cell. `converged` means, as from the sort, that an exact
   iteration changed no assignment. None if the values fill k cells or fewer
