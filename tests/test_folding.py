@@ -1,11 +1,13 @@
 """BatchNorm folding: the same logits from 2 floats a channel, kernels untouched, a smaller deflated file."""
 
+import dataclasses
 import re
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import lenet5, tiny
@@ -76,19 +78,23 @@ def test_folding_a_model_without_batch_norm_stops_in_one_line():
     experiment.Experiment.from_config(config)
 
 
-def test_folding_redoes_only_the_encoding_and_scores_the_same_from_the_file(tmp_path):
-  dataset = synthetic_dataset("cifar10", n_train=96, n_test=64)
-  path = tmp_path / "cifar10.npz"
-  np.savez(path, x_train=dataset.train_images, y_train=dataset.train_labels,
-           x_test=dataset.test_images, y_test=dataset.test_labels)
+def test_the_encoded_stage_folds_and_scores_the_same_from_a_smaller_file(tmp_path):
+  """pipeline.encode_and_evaluate with and without codec.fold_batch_norm, on one shared tiny VGG."""
   config = tiny.get_config()
-  config.data.path, config.codec.deflate, config.codec.raw_dtype = str(path), True, "float16"
-  workdir = tmp_path / "run"
-  before = pipeline.run(config, workdir)["stages"]
-  config.codec.fold_batch_norm, config.redo_changed = True, True
-  after = pipeline.run(config, workdir)["stages"]
-  assert after["pruned"]["test_accuracy"] == before["pruned"]["test_accuracy"]  # Restored, not retrained.
-  assert after["encoded"]["test_accuracy"] == pytest.approx(before["encoded"]["test_accuracy"], abs=1 / 64)
-  assert after["encoded"]["file_bytes"] < before["encoded"]["file_bytes"]
-  stats = codec.read(workdir / pipeline.MODEL_FILE)["batch_stats"]
-  assert all(np.all(stats[norm]["mean"] == 0) for _, norm in models.batch_norm_pairs(config.model.to_dict()))
+  config.codec.deflate, config.codec.raw_dtype = True, "float16"
+  unfolded = experiment.Experiment.from_config(config)
+  folded = dataclasses.replace(unfolded, fold_batch_norm=True)
+  model = models.create_model(num_classes=10, **unfolded.model)
+  dataset = synthetic_dataset("cifar10", n_train=32, n_test=64)
+  _, _, variables = _trained_like_vgg(seed=5)  # The same layers as tiny.py's VGG11.
+  masks = prune.Plan(kept_fraction=0.3, rounds=1).prune(variables["params"], None, 0)
+  shared, _ = share.quantize(prune.apply_masks(variables["params"], masks), masks, share.Plan(k=13))
+  trainable, frozen = share.split(shared)
+  state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, batch_stats=variables["batch_stats"],
+                                        tx=optax.identity(), frozen=frozen)
+  results = {name: pipeline.encode_and_evaluate(plan, dataset, model, state, tmp_path / f"{name}.dcz")
+             for name, plan in (("unfolded", unfolded), ("folded", folded))}
+  assert results["folded"]["test_accuracy"] == pytest.approx(results["unfolded"]["test_accuracy"], abs=1 / 64)
+  assert results["folded"]["file_bytes"] < results["unfolded"]["file_bytes"]
+  read = codec.read(tmp_path / "folded.dcz")["batch_stats"]
+  assert all(np.all(read[norm]["mean"] == 0) for _, norm in models.batch_norm_pairs(unfolded.model))
