@@ -40,7 +40,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from dc_jax import atomic, flax_trees, huffman, rules
+from dc_jax import atomic, flax_trees, huffman, rules, share
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.share import SharedKernel
 
@@ -298,7 +298,7 @@ def decode_layer(encoded: EncodedLayer, dense: bool = False) -> SharedKernel | n
     weights = aligned_zeros(size, encoded.codebook.dtype)
     clusters = symbols[symbols != 0] - 1
     if encoded.group_size:
-      clusters = clusters + kept % encoded.shape[-1] // encoded.group_size * k  # Kept positions are in C order.
+      clusters = clusters + share.row_offsets(kept, encoded.shape[-1], encoded.group_size, k)
     weights[kept] = encoded.codebook.reshape(-1)[clusters]
     return weights.reshape(encoded.shape)
   mask = np.zeros(size, bool)

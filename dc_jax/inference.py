@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse
 from flax import struct
 
-from dc_jax import codec
+from dc_jax import codec, share
 from dc_jax.share import SharedKernel, is_shared
 
 FORMS = ("dense", "codebook", "sparse")
@@ -62,7 +62,7 @@ def _dense(kernel: SharedKernel) -> np.ndarray:
   kept = np.flatnonzero(mask)
   clusters = indices.reshape(-1)[kept].astype(np.int64)
   if kernel.group_size:
-    clusters += kept % mask.shape[-1] // kernel.group_size * codebook.shape[-1]
+    clusters += share.row_offsets(kept, mask.shape[-1], kernel.group_size, codebook.shape[-1])
   dense[kept] = codebook.reshape(-1)[clusters]
   return dense.reshape(mask.shape)
 
@@ -96,9 +96,10 @@ def expand(kernel: CodebookKernel) -> jax.Array:
   codes = kernel.codes
   if kernel.nibbles:
     codes = jnp.stack([codes >> 4, codes & 15], axis=-1).reshape(-1)[:size]
-  if kernel.group_size:  # Each flat (C-order) position's channel is position % channels.
-    rows = jnp.arange(size) % kernel.shape[-1] // kernel.group_size
-    values = kernel.codebook.reshape(-1)[rows * kernel.codebook.shape[-1] + codes.astype(jnp.int32)]
+  if kernel.group_size:
+    k = kernel.codebook.shape[-1]
+    offsets = share.row_offsets(jnp.arange(size), kernel.shape[-1], kernel.group_size, k)
+    values = kernel.codebook.reshape(-1)[offsets + codes.astype(jnp.int32)]
   else:
     values = kernel.codebook[codes]
   if kernel.mask_bits is not None:

@@ -42,6 +42,14 @@ def channel_groups(channels: int, group_size: int) -> jax.Array:
   return jnp.arange(channels) // group_size
 
 
+def row_offsets(positions: Any, channels: int, group_size: int, k: int) -> Any:
+  """Where the codebook row of each flat (C-order) position starts in the flat [groups * k] codebook.
+
+  The output channel is the last axis, so a position's channel is position % channels; numpy or jax arrays.
+  """
+  return positions % channels // group_size * k
+
+
 def segments(indices: jax.Array, k: int, group_size: int = 0) -> jax.Array:
   """Each weight's centroid in the flat codebook: its index, or group * k + index with a codebook per group."""
   if not group_size:
