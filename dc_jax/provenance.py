@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import atomic, distributed
+from dc_jax import atomic, defaults, distributed
 from dc_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -110,16 +110,24 @@ def record(workdir: Path, config: ml_collections.ConfigDict, stage: str) -> None
   distributed.barrier(f"record the settings of {stage}")
 
 
-def changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-  """{field: (old, new)} over the fields both have: a field newer than the record is taken as its default."""
-  return {name: (recorded[name], current[name]) for name in sorted(recorded.keys() & current.keys())
-          if recorded[name] != current[name]}
+def changes(recorded: dict[str, Any], current: dict[str, Any], default: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """{field: (old, new)} for the fields whose value differs from the record's.
+
+  A field the record lacks is newer than the stage: the stage was made as its
+  default (`default`, the same stage's fields in dc_jax/defaults.py) would make
+  it, which is what a new field's default must reproduce. A field only the
+  record has is gone from dc_jax and can no longer be set, so it is no change.
+  """
+  old = {name: recorded.get(name, default.get(name)) for name in current}
+  return {name: (old[name], current[name]) for name in sorted(current) if old[name] != current[name]}
 
 
 def changed_stages(config: ml_collections.ConfigDict,
                    recorded: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[Any, Any]]]:
   """{stage: its changed fields} for every recorded stage whose fields differ from the config's."""
-  found = {stage: changes(fields, stage_fields(config, stage)) for stage, fields in recorded.items()}
+  base = defaults.get_config()
+  found = {stage: changes(fields, stage_fields(config, stage), stage_fields(base, stage))
+           for stage, fields in recorded.items()}
   return {stage: fields for stage, fields in found.items() if fields}
 
 

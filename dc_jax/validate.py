@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, device_data, dkm, prune, share
+from dc_jax import codec, defaults, device_data, dkm, prune, share
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -135,67 +135,62 @@ FIELDS: dict[str, Rule] = {
     "share.lr_schedule": one_of(*LR_SCHEDULES),
 }
 
-# configs/base.py's defaults of the fields below: a value other than these is a choice the user made.
-SHARE_K_DEFAULT = 13
-SHARE_GROUP_SIZE_DEFAULT = 8
-
 
 @dataclasses.dataclass(frozen=True)
 class Override:
-  """`field` has no effect while `when(config)` holds: an error if it differs from its default then."""
+  """`field` has no effect while `when(config)` holds: an error if it differs from its default (defaults.py) then."""
 
   field: str
-  default: Any
   when: Callable[[ml_collections.ConfigDict], bool]
   because: Callable[[ml_collections.ConfigDict], str]  # The setting that overrides it, as field=value.
 
 
 OVERRIDES = (
-    Override("share.k", SHARE_K_DEFAULT, lambda c: c.share.bits > 0,
+    Override("share.k", lambda c: c.share.bits > 0,
              lambda c: f"share.bits={c.share.bits} gives every shared layer 2**{c.share.bits} clusters; "
                        f"valid: share.k with share.bits=0, or share.bits alone"),
-    Override("share.dkm_iterations", dkm.Plan.iterations, lambda c: c.share.method != "dkm",
+    Override("share.dkm_iterations", lambda c: c.share.method != "dkm",
              lambda c: f"share.method={c.share.method!r} has no soft clustering; valid: with share.method=dkm only"),
-    Override("share.dkm_temperature", dkm.Plan.temperature, lambda c: c.share.method != "dkm",
+    Override("share.dkm_temperature", lambda c: c.share.method != "dkm",
              lambda c: f"share.method={c.share.method!r} has no soft clustering; valid: with share.method=dkm only"),
-    Override("share.reduction", "sum", lambda c: c.share.method == "dkm",
+    Override("share.reduction", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' trains the weights, not codebooks; valid: with share.method=paper only"),
-    Override("share.granularity", "tensor", lambda c: c.share.method == "dkm",
+    Override("share.granularity", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' clusters each layer as one tensor; valid: with share.method=paper only"),
-    Override("share.group_size", SHARE_GROUP_SIZE_DEFAULT, lambda c: c.share.granularity != "group",
+    Override("share.group_size", lambda c: c.share.granularity != "group",
              lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels; "
                        f"valid: with share.granularity='group' only"),
-    Override("train.nesterov", False, lambda c: c.train.optimizer != "sgd",
+    Override("train.nesterov", lambda c: c.train.optimizer != "sgd",
              lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
-    Override("prune.quality", 1.0, lambda c: c.prune.criterion != "threshold",
+    Override("prune.quality", lambda c: c.prune.criterion != "threshold",
              lambda c: f"prune.criterion={c.prune.criterion!r} keeps fractions, not q * std; "
                        f"valid: with prune.criterion=threshold only"),
-    Override("prune.layer_qualities", (), lambda c: c.prune.criterion != "threshold",
+    Override("prune.layer_qualities", lambda c: c.prune.criterion != "threshold",
              lambda c: f"prune.criterion={c.prune.criterion!r} keeps fractions, not q * std; "
                        f"valid: with prune.criterion=threshold only"),
-    Override("prune.kept_fraction", 0.1, lambda c: c.prune.structure == "n:m",
+    Override("prune.kept_fraction", lambda c: c.prune.structure == "n:m",
              lambda c: f"prune.structure='n:m' keeps {c.prune.n} of every {c.prune.m} weights; "
                        f"valid: with prune.structure unstructured or block only"),
-    Override("prune.layer_kept_fractions", (), lambda c: c.prune.structure == "n:m",
+    Override("prune.layer_kept_fractions", lambda c: c.prune.structure == "n:m",
              lambda c: f"prune.structure='n:m' keeps {c.prune.n} of every {c.prune.m} weights; "
                        f"valid: with prune.structure unstructured or block only"),
-    Override("prune.n", 2, lambda c: c.prune.structure != "n:m",
+    Override("prune.n", lambda c: c.prune.structure != "n:m",
              lambda c: f"prune.structure={c.prune.structure!r} has no n:m groups; valid: with prune.structure=n:m only"),
-    Override("prune.m", 4, lambda c: c.prune.structure != "n:m",
+    Override("prune.m", lambda c: c.prune.structure != "n:m",
              lambda c: f"prune.structure={c.prune.structure!r} has no n:m groups; valid: with prune.structure=n:m only"),
-    Override("prune.block_shape", (4, 4), lambda c: c.prune.structure != "block",
+    Override("prune.block_shape", lambda c: c.prune.structure != "block",
              lambda c: f"prune.structure={c.prune.structure!r} has no blocks; valid: with prune.structure=block only"),
-    Override("prune.block_score", "mean_abs", lambda c: c.prune.structure != "block",
+    Override("prune.block_score", lambda c: c.prune.structure != "block",
              lambda c: f"prune.structure={c.prune.structure!r} has no blocks; valid: with prune.structure=block only"),
-    Override("train.bn_scale_l1_flops", False, lambda c: not c.train.bn_scale_l1,
+    Override("train.bn_scale_l1_flops", lambda c: not c.train.bn_scale_l1,
              lambda c: "train.bn_scale_l1=0 adds no L1 to weight; valid: with train.bn_scale_l1 > 0 only"),
-    Override("model.width", 1.0, lambda c: bool(c.model.channels),
+    Override("model.width", lambda c: bool(c.model.channels),
              lambda c: "model.channels gives every conv's channels; valid: model.width with model.channels=() only"),
-    Override("train.warmup_epochs", 0.0, lambda c: c.train.lr_schedule != "cosine",
+    Override("train.warmup_epochs", lambda c: c.train.lr_schedule != "cosine",
              lambda c: f"train.lr_schedule={c.train.lr_schedule!r} has no warm-up; valid: with cosine only"),
-    Override("data.crop_padding", 4, lambda c: not c.data.augment,
+    Override("data.crop_padding", lambda c: not c.data.augment,
              lambda c: "data.augment=False turns shifts off; valid: with data.augment=True only"),
-    Override("data.flip", True, lambda c: not c.data.augment,
+    Override("data.flip", lambda c: not c.data.augment,
              lambda c: "data.augment=False turns flips off; valid: with data.augment=True only"),
 )
 
@@ -232,8 +227,9 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
 def check_overrides(config: ml_collections.ConfigDict) -> None:
   """A setting that another one makes ineffective is an error naming both."""
+  base = defaults.get_config()
   for rule in OVERRIDES:
-    if has(config, rule.field) and rule.when(config) and not _same(value(config, rule.field), rule.default):
+    if has(config, rule.field) and rule.when(config) and not _same(value(config, rule.field), value(base, rule.field)):
       raise ConfigError(f"{rule.field}={value(config, rule.field)!r} has no effect: {rule.because(config)}")
 
 

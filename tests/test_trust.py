@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base, lenet300
+from configs import lenet300
 from dc_jax import atomic, codec, pipeline, provenance, validate
 from dc_jax.errors import ConfigError, WriteError
 from tests.conftest import synthetic_dataset
@@ -169,6 +169,38 @@ def test_a_stage_killed_before_its_first_result_is_recorded_and_checked_too(tmp_
   config.prune.rounds = 3
   with pytest.raises(ConfigError, match=r"prune.rounds 5 -> 3 \(stages pruned\)"):
     pipeline.check_workdir(config, workdir)
+
+
+def _recorded_before(workdir: Path, field: str) -> None:
+  """config.json as a dc_jax from before `field` existed wrote it: the field is in no stage's record."""
+  recorded = provenance.load(workdir)
+  provenance.save(workdir, {stage: {k: v for k, v in fields.items() if k != field} for stage, fields in recorded.items()})
+
+
+def test_a_field_newer_than_the_record_is_compared_as_its_default(tmp_path):
+  """An old workdir was made as the new field's default makes it: another value is a change, the default none."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config = lenet300.get_config()
+  for stage in ("baseline", "pruned", "shared", "encoded"):
+    provenance.record(workdir, config, stage)
+  _recorded_before(workdir, "codec.fold_batch_norm")
+  pipeline.check_workdir(config, workdir)  # Default: the same settings.
+  config.codec.fold_batch_norm = True
+  with pytest.raises(ConfigError, match=r"codec.fold_batch_norm false -> true \(stages encoded\)"):
+    pipeline.check_workdir(config, workdir)
+
+
+def test_a_field_newer_than_the_record_is_redone_with_redo_changed_and_then_recorded(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  _recorded_before(workdir, "codec.raw_dtype")
+  line = _error_line(_launch(workdir, "--config.codec.raw_dtype=float16", data=finished[1]))
+  assert 'codec.raw_dtype "float32" -> "float16" (stages encoded)' in line
+  old_bytes = _results(workdir)["stages"]["encoded"]["file_bytes"]
+  result = _launch(workdir, "--config.codec.raw_dtype=float16", "--config.redo_changed=True", data=finished[1])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _results(workdir)["stages"]["encoded"]["file_bytes"] < old_bytes  # Half-precision biases.
+  assert provenance.load(workdir)["encoded"]["codec.raw_dtype"] == "float16"
 
 
 def test_a_sweep_point_depends_on_its_own_k_not_on_the_runs_sharing():
@@ -354,11 +386,6 @@ def test_every_shipped_config_passes_validation(name):
   validate.check(module.get_config())
 
 
-def test_the_override_rules_know_base_pys_defaults():
-  config = base.get_config()
-  assert validate.SHARE_K_DEFAULT == config.share.k
-  for rule in validate.OVERRIDES:
-    assert validate._same(validate.value(config, rule.field), rule.default), rule.field
 
 
 @pytest.mark.parametrize("field, value, message", [
