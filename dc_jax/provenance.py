@@ -19,7 +19,7 @@ from dc_jax import atomic, distributed
 from dc_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
-ORDER = ("baseline", "pruned", "shared", "encoded")
+ORDER = ("baseline", "slimmed", "pruned", "shared", "encoded")
 SWEEP_PREFIX = "sweep k="
 
 # train.* fields that change no stage's weights: evaluation is redone on every run, logging and checkpoint
@@ -40,9 +40,17 @@ def baseline_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {name: value for name, value in fields.items() if name not in NOT_DEPENDENCIES}
 
 
+def slimmed_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The baseline's and channels.*; only channels.flops_fraction while it is 1 (no stage slimmed: nothing else counts)."""
+  channels = _flat(config, "channels")
+  if config.channels.flops_fraction == 1.0:
+    channels = {"channels.flops_fraction": channels["channels.flops_fraction"]}
+  return {**baseline_fields(config), **channels}
+
+
 def pruned_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The baseline's, prune.*, distill.* (the retraining loss), and the sensitivity analysis if it sets the fractions."""
-  fields = {**baseline_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
+  """Stage slimmed's, prune.*, distill.* (the retraining loss), and the sensitivity analysis if it sets the fractions."""
+  fields = {**slimmed_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
             "sensitivity.apply": config.sensitivity.apply}
   if config.sensitivity.apply:
     fields.update({**_flat(config, "sensitivity"), "train.eval_batches": config.train.eval_batches})
@@ -53,6 +61,8 @@ def stage_fields(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any
   """The fields whose values `stage` ("baseline", ..., or "sweep k=4") depends on."""
   if stage == "baseline":
     return baseline_fields(config)
+  if stage == "slimmed":
+    return slimmed_fields(config)
   if stage == "pruned":
     return pruned_fields(config)
   share = {name: value for name, value in _flat(config, "share").items() if name != "share.sweep"}
@@ -78,7 +88,7 @@ def downstream(stage: str) -> tuple[str, ...]:
   if stage.startswith(SWEEP_PREFIX):
     return (stage,)
   following = ORDER[ORDER.index(stage):]
-  return following + (("sweep",) if stage in ("baseline", "pruned") else ())
+  return following + (("sweep",) if stage in ("baseline", "slimmed", "pruned") else ())
 
 
 def load(workdir: Path) -> dict[str, dict[str, Any]] | None:
