@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dc_jax import codec, data, distributed, dkm, models, prune, rules, share, validate
+from dc_jax import codec, data, distributed, dkm, models, prune, rules, share, slimming, validate
 from dc_jax.errors import ConfigError
 
-STAGES = ("baseline", "pruned", "shared", "encoded")
+STAGES = ("baseline", "slimmed", "pruned", "shared", "encoded")
+OPTIONAL = ("slimmed",)  # Runs when its settings ask for it (channels.flops_fraction < 1), named in config.stages or not.
 
 
 def _plain(value: Any) -> Any:
@@ -102,7 +103,7 @@ def index_bits(config: ml_collections.ConfigDict) -> codec.IndexBits:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """Everything a run does, checked: the stages' plans, the three training specs, augmentation and seeds."""
+  """Everything a run does, checked: the stages' plans, the four training specs, augmentation and seeds."""
 
   seed: int
   stages: tuple[str, ...]
@@ -119,6 +120,8 @@ class Experiment:
   pruning: prune.Plan
   sharing: share.Plan
   dkm: dkm.Plan | None  # share.method=dkm: fine-tune the weights through soft k-means; None = the paper's codebooks.
+  channels: slimming.Plan | None  # channels.*: stage slimmed's choice of channels; None = no channels removed.
+  channel_finetune: TrainSpec  # The shrunk VGG's: channels.epochs, channels.learning_rate, no warm-up, no teacher.
   bn_scale_l1: float  # The baseline's network-slimming L1 on BatchNorm scales (train.bn_scale_l1)...
   bn_scale_l1_flops: bool  # ...weighted per channel by its FLOPs (train.bn_scale_l1_flops).
   sweep: tuple[int, ...]
@@ -136,14 +139,16 @@ class Experiment:
     """The config as an Experiment, or a ConfigError naming the first bad setting; needs no data and trains nothing."""
     validate.check(config)
     distributed.check_config(config.distributed)
-    check_stages(config.stages)
+    channels = channel_plan(config.channels)
     experiment = cls(
-        seed=config.seed, stages=tuple(config.stages), start_from=config.start_from, dataset=config.data.name,
+        seed=config.seed, stages=run_stages(tuple(config.stages), channels is not None),
+        start_from=config.start_from, dataset=config.data.name,
         data_path=config.data.path, tfds_dir=config.data.tfds_dir, model=config.model.to_dict(),
         augmentation=data.Augmentation.from_config(config.data),
         input_pipeline=config.data.pipeline, dense=TrainSpec.from_config(config.train), retrain=_retrain(config),
         finetune=_finetune(config), pruning=pruning_plan(config.prune), sharing=sharing_plan(config.share, config.seed),
-        dkm=dkm_plan(config.share), bn_scale_l1=config.train.bn_scale_l1,
+        dkm=dkm_plan(config.share), channels=channels, channel_finetune=_channel_finetune(config),
+        bn_scale_l1=config.train.bn_scale_l1,
         bn_scale_l1_flops=config.train.bn_scale_l1_flops, sweep=tuple(config.share.sweep),
         train_unshared=config.share.train_unshared, reduction=config.share.reduction,
         index_bits=index_bits(config.codec), raw_dtype=config.codec.raw_dtype,
@@ -159,6 +164,15 @@ class Experiment:
 
   def round_seed(self, r: int) -> int:
     return self.seed + r + 1
+
+  @property
+  def channel_seed(self) -> int:
+    """The shrunk VGG's fine-tuning draws after sharing's."""
+    return self.finetune_seed + 1
+
+  def with_channels(self, channels: tuple[int, ...]) -> Experiment:
+    """The same run on the VGG with these conv channels (model.channels): what follows stage slimmed."""
+    return dataclasses.replace(self, model={**self.model, "width": 1.0, "channels": tuple(channels)})
 
   def shared_at(self, k: int) -> Experiment:
     """The same run sharing every layer at k clusters: a point of the sweep."""
@@ -182,6 +196,20 @@ def _retrain(config: ml_collections.ConfigDict) -> TrainSpec:
                              distill_temperature=config.distill.temperature)
 
 
+def _channel_finetune(config: ml_collections.ConfigDict) -> TrainSpec:
+  """train.* with the epochs and learning rate of channels.*; no teacher, as the dense model has other shapes."""
+  return dataclasses.replace(TrainSpec.from_config(config.train), epochs=config.channels.epochs,
+                             learning_rate=config.channels.learning_rate, lr_schedule=config.channels.lr_schedule,
+                             warmup_epochs=0.0)
+
+
+def channel_plan(config: ml_collections.ConfigDict) -> slimming.Plan | None:
+  """The `channels.*` fields as a slimming.Plan; None at flops_fraction 1 (nothing removed)."""
+  if config.flops_fraction == 1.0:
+    return None
+  return slimming.Plan(flops_fraction=config.flops_fraction, scope=config.scope, multiple=config.multiple)
+
+
 def _finetune(config: ml_collections.ConfigDict) -> TrainSpec:
   """train.* with the fine-tuning epochs and learning rate of share.*, and no weight decay.
 
@@ -195,8 +223,27 @@ def _finetune(config: ml_collections.ConfigDict) -> TrainSpec:
 
 
 def check_stages(stages: tuple[str, ...]) -> None:
-  if not stages or tuple(stages) != STAGES[:len(stages)]:
-    raise ConfigError(f"stages={tuple(stages)!r} is not a run of stages; valid: a prefix of {STAGES}, in order")
+  """A prefix of STAGES, in order; the optional stages may be left out of it."""
+  required = tuple(s for s in STAGES if s not in OPTIONAL)
+  named = tuple(s for s in stages if s not in OPTIONAL)
+  if not stages or named != required[:len(named)] or tuple(stages) != tuple(s for s in STAGES if s in stages):
+    raise ConfigError(f"stages={tuple(stages)!r} is not a run of stages; valid: a prefix of {STAGES}, in order, "
+                      f"with or without {', '.join(OPTIONAL)}")
+
+
+def run_stages(stages: tuple[str, ...], slimmed: bool) -> tuple[str, ...]:
+  """The stages the run makes: config.stages, with slimmed after the baseline where channels are removed.
+
+  So that config.stages keeps its meaning (and its prefixes stay valid) whether
+  or not channels.flops_fraction turns stage slimmed on.
+  """
+  check_stages(stages)
+  if "slimmed" in stages and not slimmed:
+    raise ConfigError(f"stages={stages!r} names slimmed; channels.flops_fraction=1.0 removes no channels; "
+                      f"valid: channels.flops_fraction < 1, or stages without slimmed")
+  if slimmed and len(stages) > 1 and "slimmed" not in stages:
+    return (stages[0], "slimmed", *stages[1:])
+  return stages
 
 
 def _check_against_the_model(experiment: Experiment) -> None:
@@ -216,6 +263,10 @@ def _check_against_the_model(experiment: Experiment) -> None:
   if experiment.fold_batch_norm and not models.batch_norm_pairs(experiment.model):
     raise ConfigError(f"codec.fold_batch_norm=True folds BatchNorm; model.name={experiment.model['name']!r} has "
                       "none; valid: False, or model.name=vgg")
+  if experiment.channels is not None and experiment.model["name"] != "vgg":
+    raise ConfigError(f"channels.flops_fraction={experiment.channels.flops_fraction!r} removes channels by their "
+                      f"BatchNorm scales; model.name={experiment.model['name']!r} has none; valid: 1.0, or "
+                      f"model.name=vgg")
   if experiment.bn_scale_l1 and experiment.model["name"] != "vgg":
     raise ConfigError(f"train.bn_scale_l1={experiment.bn_scale_l1!r} regularises BatchNorm scales; model.name="
                       f"{experiment.model['name']!r} has none; valid: with model.name=vgg only")

@@ -1,6 +1,8 @@
 """The stages of Deep Compression in order, each resumable, recorded in `results.json`.
 
-Stages: `baseline` (dense training), `pruned` (iterative magnitude pruning
+Stages: `baseline` (dense training), `slimmed` (a VGG's weakest channels
+removed, then fine-tuning; only where channels.flops_fraction < 1, and every
+later stage then works on the smaller VGG), `pruned` (iterative magnitude pruning
 with retraining), `shared` (per-layer k-means, then fine-tuning the codebooks)
 and `encoded` (relative indices and Huffman codes in a real file, read back and
 evaluated from that file). Each trains from its own checkpoint folders under the
@@ -28,8 +30,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dc_jax import (atomic, codec, data, distributed, dkm, folding, loading, models, progress, provenance, prune,
-                    report, sensitivity, rules, share, slimming, train)
+from dc_jax import (atomic, codec, data, distributed, dkm, flops, folding, loading, models, progress, provenance,
+                    prune, report, sensitivity, rules, share, slimming, train)
 from dc_jax.errors import ConfigError, DataError
 from dc_jax.experiment import STAGES, Experiment, TrainSpec
 
@@ -94,6 +96,8 @@ def schedule_steps(experiment: Experiment, dataset: data.Dataset) -> dict[str, i
     return spec.epochs * train.steps_in_epoch(dataset, spec)
 
   found = {"baseline": 0 if experiment.start_from else steps(experiment.dense)}
+  if "slimmed" in experiment.stages:
+    found["slimmed"] = steps(experiment.channel_finetune)
   if "pruned" in experiment.stages:
     found["pruned"] = experiment.pruning.rounds * steps(experiment.retrain)
   if "shared" in experiment.stages:
@@ -160,6 +164,58 @@ def train_baseline(experiment: Experiment, dataset: data.Dataset, model: nn.Modu
                    checkpoint_dir=workdir / "baseline", metrics_path=workdir / "metrics.jsonl",
                    augmentation=experiment.augmentation, input_pipeline=experiment.input_pipeline,
                    on_step_time=on_step_time)
+
+
+def slim_and_finetune(experiment: Experiment, dataset: data.Dataset, dense: train.TrainState,
+                      checkpoint_dir: Path) -> tuple[Experiment, train.TrainState, dict[str, Any]]:
+  """Stage `slimmed`: the dense VGG without its smallest-|gamma| channels, fine-tuned in `checkpoint_dir`.
+
+  Returns the run as it goes on (`experiment.with_channels`: the smaller VGG
+  that pruning, sharing and the file take), the fine-tuned state, and its
+  entry: FLOPs and parameters before and after (`flops.count`), accuracy
+  before and after fine-tuning. The choice is a function of the dense weights,
+  so a resumed run chooses the same channels and restores the fine-tuned
+  weights over them.
+  """
+  start = time.perf_counter()
+  shape = dataset.image_shape
+  keep = experiment.channels.select(dense.params, experiment.model, dataset.num_classes, shape[0])
+  variables, channels = slimming.shrink({"params": dense.params, "batch_stats": dense.batch_stats}, keep,
+                                        experiment.model["depth"])
+  slim = experiment.with_channels(channels)
+  full_model = models.create_model(num_classes=dataset.num_classes, **experiment.model)
+  model = models.create_model(num_classes=dataset.num_classes, **slim.model)
+  spec = experiment.channel_finetune
+  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                  batch_stats=variables["batch_stats"],
+                                  tx=train.create_optimizer(spec, train.steps_in_epoch(dataset, spec)))
+  before = train.evaluate(state, dataset, spec.eval_batch_size, spec.eval_batches)
+  state = train.fit(state, dataset, spec, experiment.channel_seed, checkpoint_dir=checkpoint_dir,
+                    metrics_path=checkpoint_dir.parent / "metrics.jsonl", augmentation=experiment.augmentation,
+                    input_pipeline=experiment.input_pipeline)
+  after = train.evaluate(state, dataset, spec.eval_batch_size, spec.eval_batches)
+  costs = slimming.summary(flops.count(full_model, shape), flops.count(model, shape))
+  size = 4 * (train.count_params(state.params) + train.count_params(state.batch_stats))  # As float32.
+  dense_size = 4 * (train.count_params(dense.params) + train.count_params(dense.batch_stats))
+  plan = experiment.channels
+  logging.info("slimmed: %s channels kept of %s; %.1f%% of the FLOPs, %.1f%% of the parameters; test accuracy "
+               "%.4f before fine-tuning, %.4f after", sum(channels), sum(int(k.size) for k in keep.values()),
+               100 * costs["flops_kept"], 100 * costs["params_kept"], before["accuracy"], after["accuracy"])
+  return slim, state, {
+      "test_accuracy": after["accuracy"],
+      "test_accuracy_before_finetune": before["accuracy"],
+      "test_examples": after["examples"],
+      "flops_fraction": plan.flops_fraction,
+      "scope": plan.scope,
+      "multiple": plan.multiple,
+      "channels_before": [int(k.size) for k in keep.values()],
+      "channels": list(channels),
+      **costs,
+      "size_bytes": size,
+      "compression_ratio": dense_size / size,  # Against the dense float32 model, as the later stages count theirs.
+      "steps": int(state.step),
+      "seconds": time.perf_counter() - start,
+  }
 
 
 def prune_and_retrain(experiment: Experiment, dataset: data.Dataset, dense: train.TrainState,
@@ -316,7 +372,9 @@ def evaluate_file(config: ml_collections.ConfigDict | None, path: str | Path,
 
   Without a config, the file's metadata (format version 3) names the model,
   the dataset (read as `data.load(name)` reads it) and the normalisation
-  statistics; `eval_batch_size` is then the batch (configs/base.py's).
+  statistics; `eval_batch_size` is then the batch (configs/base.py's). With
+  a config whose channels.flops_fraction < 1, the conv channels are the
+  file's: stage slimmed chose them, the config does not say which.
   """
   if config is None:
     described = loading.metadata(path)
@@ -327,15 +385,18 @@ def evaluate_file(config: ml_collections.ConfigDict | None, path: str | Path,
                                         "train": {"eval_batch_size": eval_batch_size, "eval_batches": -1}})
   else:
     dataset = data.load(config.data.name, config.data.path, config.data.tfds_dir)
-  check_compatible(config.model.name, dataset)
-  model = models.create_model(num_classes=dataset.num_classes, **config.model)
+  settings = config.model.to_dict()
+  if "channels" in config and config.channels.flops_fraction < 1:  # Stage slimmed chose them; the file says which.
+    settings.update(width=1.0, channels=tuple(loading.metadata(path)["model"]["channels"]))
+  check_compatible(settings["name"], dataset)
+  model = models.create_model(num_classes=dataset.num_classes, **settings)
   variables = codec.read(path)
   expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *dataset.image_shape))))
   found = _shapes({"params": share.materialize(variables.get("params", {})),
                    "batch_stats": variables.get("batch_stats", {})})
   for name in sorted(expected.keys() | found.keys()):
     if expected.get(name) != found.get(name):
-      raise DataError(f"{path} does not hold model.name={config.model.name!r}'s parameters: {name} is "
+      raise DataError(f"{path} does not hold model.name={settings['name']!r}'s parameters: {name} is "
                       f"{found.get(name, 'missing')} in the file, {expected.get(name, 'absent')} in the model")
   return evaluate_variables(model, variables, dataset, config.train)
 
@@ -363,8 +424,9 @@ def analyze_sensitivity(experiment: Experiment, dataset: data.Dataset, state: tr
   settings = experiment.sensitivity
   fractions = [float(f) for f in settings.fractions]
   # Everything the curves depend on besides the dense model (config.json covers that one).
+  # The curves are of the model pruning starts from: after stage slimmed, the smaller VGG (its model.channels).
   inputs = {"fractions": fractions, "eval_batches": settings.eval_batches,
-            "patterns": list(experiment.pruning.patterns)}
+            "patterns": list(experiment.pruning.patterns), "channels": list(experiment.model.get("channels", ()))}
   if previous and all(previous.get(name) == value for name, value in inputs.items()):
     curves = previous["curves"]
   else:
@@ -415,7 +477,7 @@ def make_figures(workdir: Path, experiment: Experiment, results: dict[str, Any],
 
 
 # What each stage leaves in the workdir besides its entry in results.json.
-STAGE_OUTPUTS = {"baseline": "baseline", "pruned": "pruned", "shared": "shared", "encoded": MODEL_FILE}
+STAGE_OUTPUTS = {"baseline": "baseline", "slimmed": "slimmed", "pruned": "pruned", "shared": "shared", "encoded": MODEL_FILE}
 
 
 def _sweep_outputs(k: int) -> tuple[str, str]:
@@ -554,14 +616,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
       "test_accuracy": test["accuracy"],
       "test_examples": test["examples"],
       "params": train.count_params(dense.params),
+      "flops": flops.count(model, dataset.image_shape)[1]["flops"],  # Multiply-adds per image.
       "size_bytes": 4 * (train.count_params(dense.params) + train.count_params(dense.batch_stats)),  # As float32.
       "steps": int(dense.step),
       "seconds": time.perf_counter() - start,
       **({"start_from": experiment.start_from} if experiment.start_from else {}),
   }))
+  dense_accuracy = test["accuracy"]
+  if "slimmed" in experiment.stages:  # From here on the run is that of the smaller VGG: `dense` is its weights.
+    provenance.record(workdir, config, "slimmed")
+    experiment, dense, entry = slim_and_finetune(experiment, dataset, dense, workdir / "slimmed")
+    model = models.create_model(num_classes=dataset.num_classes, **experiment.model)
+    results = record(workdir, ("stages", "slimmed"), keep_seconds(before["stages"].get("slimmed"), entry))
+    dense_accuracy = entry["test_accuracy"]
   derived = None
   if experiment.sensitivity.enabled:
-    derived = analyze_sensitivity(experiment, dataset, dense, workdir, test["accuracy"])["kept_fractions"]
+    derived = analyze_sensitivity(experiment, dataset, dense, workdir, dense_accuracy)["kept_fractions"]
     results = json.loads((workdir / RESULTS_FILE).read_text())
   pruned = shared = None
   if "pruned" in experiment.stages:
@@ -591,14 +661,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, command: str = "
   if "encoded" in experiment.stages:
     provenance.record(workdir, config, "encoded")
     encoded = encode_and_evaluate(experiment, dataset, model, shared, workdir / MODEL_FILE)
+    encoded = against_original(experiment, results, encoded)
     results = record(workdir, ("stages", "encoded"), keep_seconds(before["stages"].get("encoded"), encoded))
     for k in experiment.sweep:
       if k == experiment.sharing.k:  # The run's own k: already shared and encoded.
         point = _sweep_entry(k, results["stages"]["shared"], results["stages"]["encoded"])
       else:
         provenance.record(workdir, config, f"{provenance.SWEEP_PREFIX}{k}")
-        point = keep_seconds(before.get("sweep", {}).get(f"k={k}"),
-                             sweep_point(experiment, dataset, model, pruned, workdir, k, dense))
+        point = keep_seconds(before.get("sweep", {}).get(f"k={k}"), against_original(
+            experiment, results, sweep_point(experiment, dataset, model, pruned, workdir, k, dense)))
       results = record(workdir, ("sweep", f"k={k}"), point)
   if distributed.is_primary():
     shown = reported(results, experiment.stages)
@@ -623,4 +694,17 @@ def _sweep_entry(k: int, shared: dict[str, Any], encoded: dict[str, Any]) -> dic
   return {"k": k, "test_accuracy": encoded["test_accuracy"],
           "test_accuracy_before_finetune": shared["test_accuracy_before_finetune"],
           "file": encoded["file"], "file_bytes": encoded["file_bytes"],
-          "compression_ratio": encoded["compression_ratio"], "seconds": shared["seconds"] + encoded["seconds"]}
+          "compression_ratio": encoded["compression_ratio"], "seconds": shared["seconds"] + encoded["seconds"],
+          **{key: encoded[key] for key in ("original_dense_bytes", "compression_ratio_original") if key in encoded}}
+
+
+def against_original(experiment: Experiment, results: dict[str, Any], encoded: dict[str, Any]) -> dict[str, Any]:
+  """An encoded file's entry, after stage slimmed also against the original dense float32 model (the baseline's).
+
+  `compression_ratio` counts against the dense float32 variables of the model
+  in the file, the smaller VGG; the channels removed are a saving too.
+  """
+  if "slimmed" not in experiment.stages:
+    return encoded
+  original = results["stages"]["baseline"]["size_bytes"]
+  return {**encoded, "original_dense_bytes": original, "compression_ratio_original": original / encoded["file_bytes"]}

@@ -19,7 +19,7 @@ from dc_jax import atomic, defaults, distributed
 from dc_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
-ORDER = ("baseline", "pruned", "shared", "encoded")
+ORDER = ("baseline", "slimmed", "pruned", "shared", "encoded")
 SWEEP_PREFIX = "sweep k="
 
 # train.* fields that change no stage's weights: evaluation is redone on every run, logging and checkpoint
@@ -40,9 +40,17 @@ def baseline_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {name: value for name, value in fields.items() if name not in NOT_DEPENDENCIES}
 
 
+def slimmed_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The baseline's and channels.*; only channels.flops_fraction while it is 1 (no stage slimmed: nothing else counts)."""
+  channels = _flat(config, "channels")
+  if config.channels.flops_fraction == 1.0:
+    channels = {"channels.flops_fraction": channels["channels.flops_fraction"]}
+  return {**baseline_fields(config), **channels}
+
+
 def pruned_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The baseline's, prune.*, distill.* (the retraining loss), and the sensitivity analysis if it sets the fractions."""
-  fields = {**baseline_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
+  """Stage slimmed's, prune.*, distill.* (the retraining loss), and the sensitivity analysis if it sets the fractions."""
+  fields = {**slimmed_fields(config), **_flat(config, "prune"), **_flat(config, "distill"),
             "sensitivity.apply": config.sensitivity.apply}
   if config.sensitivity.apply:
     fields.update({**_flat(config, "sensitivity"), "train.eval_batches": config.train.eval_batches})
@@ -53,6 +61,8 @@ def stage_fields(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any
   """The fields whose values `stage` ("baseline", ..., or "sweep k=4") depends on."""
   if stage == "baseline":
     return baseline_fields(config)
+  if stage == "slimmed":
+    return slimmed_fields(config)
   if stage == "pruned":
     return pruned_fields(config)
   share = {name: value for name, value in _flat(config, "share").items() if name != "share.sweep"}
@@ -78,7 +88,7 @@ def downstream(stage: str) -> tuple[str, ...]:
   if stage.startswith(SWEEP_PREFIX):
     return (stage,)
   following = ORDER[ORDER.index(stage):]
-  return following + (("sweep",) if stage in ("baseline", "pruned") else ())
+  return following + (("sweep",) if stage in ("baseline", "slimmed", "pruned") else ())
 
 
 def load(workdir: Path) -> dict[str, dict[str, Any]] | None:
@@ -110,13 +120,25 @@ def record(workdir: Path, config: ml_collections.ConfigDict, stage: str) -> None
   distributed.barrier(f"record the settings of {stage}")
 
 
+def _every_field(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"section.field" or "field": value} over the whole config, values as JSON gives them back."""
+  fields = {}
+  for name, value in json.loads(json.dumps(config.to_dict())).items():
+    if isinstance(value, dict):
+      fields.update({f"{name}.{field}": inner for field, inner in value.items()})
+    else:
+      fields[name] = value
+  return fields
+
+
 def changes(recorded: dict[str, Any], current: dict[str, Any], default: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
   """{field: (old, new)} for the fields whose value differs from the record's.
 
-  A field the record lacks is newer than the stage: the stage was made as its
-  default (`default`, the same stage's fields in dc_jax/defaults.py) would make
-  it, which is what a new field's default must reproduce. A field only the
-  record has is gone from dc_jax and can no longer be set, so it is no change.
+  A field the record lacks is newer than the stage (or was not recorded while
+  another setting made it irrelevant): the stage was made as its default
+  (`default`: dc_jax/defaults.py's fields) would make it, which is what a new
+  field's default must reproduce. A field only the record has is gone from
+  dc_jax or irrelevant now: it no longer sets anything, so it is no change.
   """
   old = {name: recorded.get(name, default.get(name)) for name in current}
   return {name: (old[name], current[name]) for name in sorted(current) if old[name] != current[name]}
@@ -125,9 +147,8 @@ def changes(recorded: dict[str, Any], current: dict[str, Any], default: dict[str
 def changed_stages(config: ml_collections.ConfigDict,
                    recorded: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[Any, Any]]]:
   """{stage: its changed fields} for every recorded stage whose fields differ from the config's."""
-  base = defaults.get_config()
-  found = {stage: changes(fields, stage_fields(config, stage), stage_fields(base, stage))
-           for stage, fields in recorded.items()}
+  base = _every_field(defaults.get_config())
+  found = {stage: changes(fields, stage_fields(config, stage), base) for stage, fields in recorded.items()}
   return {stage: fields for stage, fields in found.items() if fields}
 
 

@@ -86,6 +86,33 @@ def sweep_table(results: dict[str, Any], with_original: bool) -> str:
   return "\n".join(rows)
 
 
+def channel_table(results: dict[str, Any]) -> str:
+  """Stage slimmed: the dense VGG beside the smaller one (channels, parameters, FLOPs, accuracy), and the file against both."""
+  stages = results["stages"]
+  slimmed = stages["slimmed"]
+  rows = ["| | conv channels | parameters | multiply-adds per image | test accuracy |",
+          "| --- | ---: | ---: | ---: | ---: |",
+          f"| dense | {sum(slimmed['channels_before']):,} | {slimmed['params']:,} | {slimmed['flops']:,} | "
+          f"{_percent(stages['baseline']['test_accuracy'])} |",
+          f"| channels removed | {sum(slimmed['channels']):,} | {slimmed['params_after']:,} | "
+          f"{slimmed['flops_after']:,} | {_percent(slimmed['test_accuracy_before_finetune'])} |",
+          f"| then fine-tuned | | | | {_percent(slimmed['test_accuracy'])} |"]
+  lines = ["\n".join(rows), "",
+           f"Kept {_percent(slimmed['flops_kept'])} of the FLOPs and {_percent(slimmed['params_kept'])} of the "
+           f"parameters (channels.flops_fraction {slimmed['flops_fraction']:g}, scope {slimmed['scope']}, multiples "
+           f"of {slimmed['multiple']}); channels per conv "
+           f"{', '.join(f'{a}->{b}' for a, b in zip(slimmed['channels_before'], slimmed['channels']))}.",
+           "", "The stages after slimmed prune, share and encode the smaller VGG: their ratios count against its "
+           f"dense float32 variables ({slimmed['size_bytes']:,} B); slimmed's own against the original's "
+           f"({stages['baseline']['size_bytes']:,} B)."]
+  encoded = stages.get("encoded")
+  if encoded and "compression_ratio_original" in encoded:
+    lines += ["", f"The file, {encoded['file_bytes']:,} B, is {_ratio(encoded['compression_ratio_original'])} smaller "
+              f"than the original dense float32 model ({encoded['original_dense_bytes']:,} B) and "
+              f"{_ratio(encoded['compression_ratio'])} smaller than the smaller VGG's."]
+  return "\n".join(lines)
+
+
 def _codebooks(row: dict[str, Any]) -> str:
   """"rows x k (bytes)" of a layer's codebooks; "" for results.json from before they were recorded."""
   if "clusters" not in row or "codebook_bytes" not in row:
@@ -289,6 +316,8 @@ def write_report(workdir: Path, results: dict[str, Any], model_name: str, comman
   """report.md: the tables for the stages that ran and links to the figures, (title, file name) each."""
   stages = results["stages"]
   parts = [f"# dc_jax report: {model_name}", "", f"Command: `{command}`", "", "## Stages", "", stage_table(results)]
+  if "slimmed" in stages:
+    parts += ["", "## Channels removed (stage slimmed)", "", channel_table(results)]
   if "pruned" in stages and results.get("sweep"):
     vgg = model_name == "vgg"
     parts += ["", "## The original's table" if vgg else "## Shared at each k", "", sweep_table(results, vgg)]

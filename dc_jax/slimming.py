@@ -19,6 +19,7 @@ as in network slimming.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -131,12 +132,7 @@ def select_channels(params: Any, depth: int, classifier_widths: Sequence[int], n
   run markedly faster on channel counts that are multiples of 8
   (BENCHMARKS.md, channel pruning).
   """
-  if not 0.0 < flops_fraction <= 1.0:
-    raise ConfigError(f"flops_fraction={flops_fraction!r} is not a fraction; valid: 0 < flops_fraction <= 1")
-  if scope not in SCOPES:
-    raise ConfigError(f"scope={scope!r} is not a scope; valid: {', '.join(SCOPES)}")
-  if not isinstance(multiple, int) or multiple < 1:
-    raise ConfigError(f"multiple={multiple!r} is not a channel multiple; valid: an integer >= 1")
+  _check_choice(flops_fraction, scope, multiple)
   gammas = scales(params, depth)
   full = [g.size for g in gammas]
 
@@ -171,6 +167,32 @@ def select_channels(params: Any, depth: int, classifier_widths: Sequence[int], n
     kept[order[:count]] = True
     keep[name] = kept
   return keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which channels stage slimmed keeps (channels.*): `select_channels`'s settings, checked when built."""
+
+  flops_fraction: float
+  scope: str = "global"
+  multiple: int = 1
+
+  def __post_init__(self):
+    _check_choice(self.flops_fraction, self.scope, self.multiple)
+
+  def select(self, params: Any, model: dict[str, Any], num_classes: int, image_size: int) -> Keep:
+    """The channels to keep of the VGG with these settings (models.create_model's keywords) and `params`."""
+    return select_channels(params, model["depth"], tuple(model["classifier_widths"]), num_classes,
+                           self.flops_fraction, self.scope, self.multiple, image_size)
+
+
+def _check_choice(flops_fraction: float, scope: str, multiple: int) -> None:
+  if not 0.0 < flops_fraction <= 1.0:
+    raise ConfigError(f"flops_fraction={flops_fraction!r} is not a fraction; valid: 0 < flops_fraction <= 1")
+  if scope not in SCOPES:
+    raise ConfigError(f"scope={scope!r} is not a scope; valid: {', '.join(SCOPES)}")
+  if not isinstance(multiple, int) or multiple < 1:
+    raise ConfigError(f"multiple={multiple!r} is not a channel multiple; valid: an integer >= 1")
 
 
 def _check_keep(variables: Variables, keep: Keep, depth: int) -> None:

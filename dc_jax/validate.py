@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dc_jax import codec, defaults, device_data, dkm, prune, share
+from dc_jax import codec, defaults, device_data, dkm, prune, share, slimming
 from dc_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")  # As train.create_optimizer builds them.
@@ -111,6 +111,12 @@ FIELDS: dict[str, Rule] = {
     "sensitivity.tolerated_drop": number(0, 1, low_included=True),
     "sensitivity.apply": BOOLEAN,
     "sensitivity.eval_batches": BATCHES,
+    "channels.flops_fraction": number(0, 1),
+    "channels.scope": one_of(*slimming.SCOPES),
+    "channels.multiple": integer(1),
+    "channels.epochs": integer(0),
+    "channels.learning_rate": POSITIVE,
+    "channels.lr_schedule": one_of(*LR_SCHEDULES),
     "prune.structure": one_of(*prune.STRUCTURES),
     "prune.n": integer(1),
     "prune.m": integer(2),
@@ -184,6 +190,9 @@ OVERRIDES = (
              lambda c: f"prune.structure={c.prune.structure!r} has no blocks; valid: with prune.structure=block only"),
     Override("train.bn_scale_l1_flops", lambda c: not c.train.bn_scale_l1,
              lambda c: "train.bn_scale_l1=0 adds no L1 to weight; valid: with train.bn_scale_l1 > 0 only"),
+    *(Override(f"channels.{name}", lambda c: c.channels.flops_fraction == 1.0,
+               lambda c: "channels.flops_fraction=1.0 removes no channels; valid: with channels.flops_fraction < 1 only")
+      for name in ("scope", "multiple", "epochs", "learning_rate", "lr_schedule")),
     Override("model.width", lambda c: bool(c.model.channels),
              lambda c: "model.channels gives every conv's channels; valid: model.width with model.channels=() only"),
     Override("train.warmup_epochs", lambda c: c.train.lr_schedule != "cosine",

@@ -1,15 +1,19 @@
 """The stages end to end on a small synthetic MNIST written to disk: results, resumption, early errors."""
 
+import copy
 import json
 import re
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import lenet300
-from dc_jax import codec, experiment, pipeline, provenance, prune, share, train
+import dc_jax
+from configs import lenet300, tiny
+from dc_jax import codec, data, experiment, flops, loading, models, pipeline, provenance, prune, share, train
+from dc_jax.models import vgg
 from dc_jax.errors import ConfigError, DataError
 from tests.conftest import synthetic_dataset
 
@@ -216,6 +220,15 @@ def test_sharing_plan_takes_layer_bits_then_bits_then_k():
     ("share.dkm_iterations", 0, "share.dkm_iterations=0 is not valid; valid: an integer >= 1"),
     ("share.dkm_temperature", -1.0, "share.dkm_temperature=-1.0 is not valid; valid: a number > 0"),
     ("share.dkm_temperature", 0.5, "share.dkm_temperature=0.5 has no effect: share.method='paper' has no soft"),
+    ("channels.flops_fraction", 0.5, "channels.flops_fraction=0.5 removes channels by their BatchNorm scales; "
+                                     "model.name='lenet300_100' has none; valid: 1.0, or model.name=vgg"),
+    ("channels.flops_fraction", 1.5, "channels.flops_fraction=1.5 is not valid; valid: a number > 0 and <= 1"),
+    ("channels.flops_fraction", 0.0, "channels.flops_fraction=0.0 is not valid; valid: a number > 0 and <= 1"),
+    ("channels.multiple", 0, "channels.multiple=0 is not valid; valid: an integer >= 1"),
+    ("channels.scope", "net", "channels.scope='net' is not valid; valid: global, layer"),
+    ("channels.epochs", 3, "channels.epochs=3 has no effect: channels.flops_fraction=1.0 removes no channels"),
+    ("stages", ("baseline", "slimmed"), "stages=('baseline', 'slimmed') names slimmed; channels.flops_fraction=1.0 "
+                                        "removes no channels"),
 ])
 def test_bad_config_fails_before_any_training(small_config, tmp_path, field, value, message):
   section, _, name = field.rpartition(".")
@@ -283,3 +296,127 @@ def test_dkm_redoes_only_sharing_and_encodes_a_file_that_reads_back_and_scores_t
   assert _lines(workdir / "metrics.jsonl") == lines
   assert again["encoded"]["file_bytes"] == after["encoded"]["file_bytes"]
   assert again["shared"]["test_accuracy"] == after["shared"]["test_accuracy"]
+
+
+# Stage slimmed: channel pruning of a tiny VGG11 (configs/tiny.py) on a synthetic CIFAR-10, every stage after it.
+
+def _tiny_channel_config(root):
+  """configs/tiny.py at half its FLOPs by channels, one epoch a stage, a sweep point: about 2 minutes on 2 cores."""
+  dataset = synthetic_dataset("cifar10", n_train=64, n_test=64)
+  path = root / "cifar10.npz"  # The name data.load("cifar10") finds in $DC_JAX_DATA_DIR.
+  np.savez(path, x_train=dataset.train_images, y_train=dataset.train_labels, x_test=dataset.test_images,
+           y_test=dataset.test_labels)
+  config = tiny.get_config()
+  config.data.path = str(path)
+  config.train.epochs = 1
+  config.prune.rounds = 1
+  config.share.sweep = (4,)
+  config.channels.flops_fraction = 0.5
+  config.channels.epochs = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def channel_run(tmp_path_factory):
+  """One straight run of every stage with channels removed; tests read it, or work on copies."""
+  root = tmp_path_factory.mktemp("channels")
+  config = _tiny_channel_config(root)
+  return config, root / "run", pipeline.run(config, root / "run", command="python launch.py --config configs/tiny.py")
+
+
+def test_channel_stage_runs_between_baseline_and_pruning_without_being_named_in_stages(channel_run):
+  config, _, results = channel_run
+  assert tuple(config.stages) == ("baseline", "pruned", "shared", "encoded")
+  assert list(results["stages"]) == ["baseline", "slimmed", "pruned", "shared", "encoded"]
+  assert experiment.run_stages(("baseline",), True) == ("baseline",)  # A prefix keeps its meaning.
+  assert experiment.run_stages(("baseline", "slimmed"), True) == ("baseline", "slimmed")
+
+
+def test_channel_stage_file_holds_the_smaller_vgg_and_scores_what_the_pipeline_reported(channel_run, monkeypatch):
+  config, workdir, results = channel_run
+  slimmed, encoded = results["stages"]["slimmed"], results["stages"]["encoded"]
+  channels = slimmed["channels"]
+  assert sum(channels) < sum(slimmed["channels_before"]) == sum(vgg.conv_channels(11, 1 / 16))
+  for path, entry in ((workdir / pipeline.MODEL_FILE, encoded), (workdir / "model_k4.dcz", results["sweep"]["k=4"])):
+    described = loading.metadata(path)
+    assert described["model"]["channels"] == channels and described["model"]["width"] == 1.0
+    kernels = share.materialize(codec.read(path)["params"])
+    assert [kernels[name]["kernel"].shape[-1] for name in vgg.conv_names(11)] == channels
+    # With no config, as launch.py --evaluate FILE runs: the metadata's model on the data it names.
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(workdir.parent))
+    assert pipeline.evaluate_file(None, path, eval_batch_size=32)["accuracy"] == entry["test_accuracy"]
+    # With the run's config, whose model.channels is () : the channels are the file's.
+    assert pipeline.evaluate_file(config, path)["accuracy"] == entry["test_accuracy"]
+    assert entry["compression_ratio_original"] == pytest.approx(
+        results["stages"]["baseline"]["size_bytes"] / path.stat().st_size)
+  # dc_jax.load: a predictor of the smaller VGG, as accurate on the test images as the pipeline said.
+  dataset = data.load("cifar10", config.data.path)
+  predict = dc_jax.load(workdir / pipeline.MODEL_FILE)
+  accuracy = np.mean(np.argmax(predict(dataset.test_images), -1) == dataset.test_labels)
+  assert accuracy == pytest.approx(encoded["test_accuracy"], abs=1e-9)
+
+
+def test_channel_stage_flops_and_params_are_flops_count_of_the_two_models(channel_run):
+  config, workdir, results = channel_run
+  slimmed = results["stages"]["slimmed"]
+  full = models.create_model(num_classes=10, **config.model)
+  small = models.create_model(num_classes=10, **{**config.model, "width": 1.0, "channels": slimmed["channels"]})
+  (_, before), (_, after) = flops.count(full, (32, 32, 3)), flops.count(small, (32, 32, 3))
+  assert (slimmed["flops"], slimmed["params"]) == (before["flops"], before["params"])
+  assert (slimmed["flops_after"], slimmed["params_after"]) == (after["flops"], after["params"])
+  assert results["stages"]["baseline"]["flops"] == before["flops"] and after["flops"] <= 0.5 * before["flops"]
+  assert slimmed["compression_ratio"] == pytest.approx(results["stages"]["baseline"]["size_bytes"]
+                                                       / slimmed["size_bytes"])
+  # The stage's checkpoint holds the smaller VGG; pruning counted its weights.
+  manager = train.checkpoint_manager(workdir / "slimmed")
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  assert [restored["params"][name]["kernel"].shape[-1] for name in vgg.conv_names(11)] == slimmed["channels"]
+  assert [restored["batch_stats"][f"bn{name[4:]}"]["var"].shape[0] for name in vgg.conv_names(11)] == \
+      slimmed["channels"]
+  report = (workdir / "report.md").read_text()
+  assert "## Channels removed (stage slimmed)" in report and f"| channels removed | {sum(slimmed['channels'])} |" in report
+  assert "smaller than the original dense float32 model" in report
+
+
+def test_a_changed_channel_setting_stops_the_rerun_naming_it_and_redo_deletes_slimmed_and_what_follows(channel_run,
+                                                                                                      tmp_path):
+  config, workdir, _ = channel_run
+  changed = copy.deepcopy(config)
+  changed.channels.scope = "layer"
+  with pytest.raises(ConfigError, match=re.escape(
+      'channels.scope "global" -> "layer" (stages slimmed, pruned, shared, encoded, sweep k=4)')):
+    pipeline.run(changed, workdir)
+  copied = tmp_path / "run"
+  shutil.copytree(workdir, copied)
+  assert pipeline.discard(copied, ["slimmed"]) == ["slimmed", "pruned", "shared", "encoded", "sweep k=4"]
+  assert (copied / "baseline").is_dir() and not any(
+      (copied / name).exists() for name in ("slimmed", "pruned", "shared", "model.dcz", "shared_k4", "model_k4.dcz"))
+  assert list(json.loads((copied / "results.json").read_text())["stages"]) == ["baseline"]
+  recorded = provenance.load(copied)
+  assert list(recorded) == ["baseline"] and "channels.scope" not in recorded["baseline"]
+
+
+def test_channel_settings_are_dependencies_of_slimmed_and_what_follows_only_while_it_runs():
+  config = tiny.get_config()
+  assert "channels.flops_fraction" not in provenance.stage_fields(config, "baseline")
+  assert provenance.stage_fields(config, "pruned")["channels.flops_fraction"] == 1.0
+  assert "channels.scope" not in provenance.stage_fields(config, "pruned")  # Off: no other channels.* counts.
+  config.channels.flops_fraction = 0.5
+  for stage in ("slimmed", "pruned", "shared", "encoded", "sweep k=4"):
+    assert {"channels.scope", "channels.multiple", "channels.epochs"} <= provenance.stage_fields(config, stage).keys()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_the_channel_stage_resumes_to_the_file_of_a_straight_run(channel_run, tmp_path):
+  config, workdir, results = channel_run
+  first = copy.deepcopy(config)
+  first.stages = ("baseline", "slimmed")
+  stopped = tmp_path / "run"
+  pipeline.run(first, stopped)
+  checkpoints = {p: p.stat().st_mtime_ns for p in sorted((stopped / "slimmed").rglob("*")) if p.is_file()}
+  resumed = pipeline.run(config, stopped)
+  # Restored from its checkpoint, not trained again; what follows is the straight run's, to the byte.
+  assert {p: p.stat().st_mtime_ns for p in sorted((stopped / "slimmed").rglob("*")) if p.is_file()} == checkpoints
+  assert (stopped / pipeline.MODEL_FILE).read_bytes() == (workdir / pipeline.MODEL_FILE).read_bytes()
+  for stage in ("slimmed", "pruned", "shared", "encoded"):
+    assert resumed["stages"][stage]["test_accuracy"] == results["stages"][stage]["test_accuracy"], stage
