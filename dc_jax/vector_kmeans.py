@@ -6,7 +6,7 @@ coordinates only, and a centroid's coordinate is the mean of the kept values
 its members have there; a coordinate that none of its members keeps stays
 where it was (no weight reads it). The 1-D path's sort does not carry over to
 d > 1, so each iteration computes all n x k distances, jitted and CHUNK
-vectors at a time (memory CHUNK x k x d floats, not n x k x d). Lloyd starts
+vectors at a time (memory CHUNK x k floats, not n x k). Lloyd starts
 from k-means++ (Arthur and Vassilvitskii 2007, distances masked as above) or
 k random vectors, drawn with the plan's seed: the paper's linear and density
 initialisations are 1-D ideas with no d-dimensional counterpart.
@@ -24,7 +24,7 @@ import numpy as np
 from dc_jax.errors import ConfigError
 
 INITS = ("kmeans++", "random")
-CHUNK = 4096  # Vectors per distance block: 4096 x 256 x 8 floats = 32 MiB at the largest k and d.
+CHUNK = 8192  # Vectors per distance block: 8192 x 256 floats = 8 MiB at k = 256.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +55,17 @@ def _kmeans_plus_plus(vectors: np.ndarray, mask: np.ndarray, k: int, rng: np.ran
 
 
 def _assign(vectors: jax.Array, mask: jax.Array, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(nearest centroid, its squared distance) of each vector, CHUNK vectors at a time; inputs [chunks, CHUNK, d]."""
+  """(nearest centroid, its squared distance) of each vector, CHUNK vectors at a time; inputs [chunks, CHUNK, d].
+
+  sum_j m_j (x_j - c_j)^2 = m . c^2 - 2 (m x) . c + m . x^2: two [CHUNK, d] x [d, k] products, 20x
+  faster on XLA:CPU than the broadcast [CHUNK, k, d] difference (9 s an iteration at n = 130,000,
+  d = 8, k = 256 under load), at float32 rounding of the squared norms.
+  """
 
   def chunk(block):
-    x, m = block
-    distances = jnp.sum(m[:, None, :] * (x[:, None, :] - centroids[None]) ** 2, axis=-1)
-    return jnp.argmin(distances, axis=-1).astype(jnp.int32), jnp.min(distances, axis=-1)
+    x, m = block  # Pruned coordinates of x are 0, so m * x = x.
+    distances = m @ (centroids ** 2).T - 2.0 * x @ centroids.T + jnp.sum(x * x, axis=-1, keepdims=True)
+    return jnp.argmin(distances, axis=-1).astype(jnp.int32), jnp.maximum(jnp.min(distances, axis=-1), 0.0)
 
   labels, distances = jax.lax.map(chunk, (vectors, mask))
   return labels.reshape(-1), distances.reshape(-1)

@@ -16,7 +16,7 @@ def _masked_vectors(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 @pytest.mark.parametrize("init", vector_kmeans.INITS)
-@pytest.mark.parametrize("n, d, k", [(3000, 2, 16), (5000, 4, 32), (700, 8, 64)])  # 5000 > CHUNK: two chunks.
+@pytest.mark.parametrize("n, d, k", [(3000, 2, 16), (9000, 4, 32), (700, 8, 64)])  # 9000 > CHUNK: two chunks.
 def test_converged_result_is_a_masked_lloyd_fixed_point(init, n, d, k):
   vectors, mask = _masked_vectors(n, d)
   result = vector_kmeans.kmeans(vectors, mask, k, init, max_iterations=500, seed=1)
