@@ -194,11 +194,6 @@ class SharedKernel:
   def materialize(self, reduction: str = "sum") -> jax.Array:
     return lookup(self.codebook, self.indices, self.mask, reduction, self.kept, self.group_size, self.vector_size)
 
-  @property
-  def clusters(self) -> int:
-    """k: the codebook's entries (per row with a codebook per group)."""
-    return self.codebook.shape[0] if self.vector_size > 1 else self.codebook.shape[-1]
-
 
 def is_shared(leaf: Any) -> bool:
   return isinstance(leaf, SharedKernel)

@@ -628,7 +628,7 @@ def test_a_grouped_codebook_that_does_not_cover_the_channels_is_refused():
 
 
 def vector_tree(d: int, seed: int = 0) -> dict:
-  """`mixed_tree`'s kernels shared anew as vectors of d: fan-ins 27 and 400, 120 (d = 2 and 4 divide 400 and 120 only)."""
+  """`mixed_tree`'s kernels shared anew as vectors of d: fan-ins 27, 400 and 120 (2 and 4 divide the last two)."""
   params = mixed_tree(seed)["params"]
   kernels = {name: layer["kernel"] for name, layer in params.items() if "kernel" in layer}
   weights = {name: {"kernel": jnp.asarray(kernel.materialize())} for name, kernel in kernels.items()}

@@ -51,7 +51,7 @@ def decoded(name, tmp_path, k=None, group_size=0, vector_size=1):
 
 @pytest.mark.parametrize("name, group_size, vector_size", [(name, 0, 1) for name in sorted(MODELS)]
                          + [("lenet300100", 1, 1), ("lenet5", 3, 1)]  # A codebook per channel, per 3 channels.
-                         + [("lenet300100", 0, 4), ("lenet5", 0, 3)])  # Vectors: fan-ins 784/300/100, 25/500/800/500 (3 divides none).
+                         + [("lenet300100", 0, 4), ("lenet5", 0, 3)])  # Vectors; 3 divides no fan-in of LeNet-5.
 def test_forms_agree_with_the_dense_decode(name, group_size, vector_size, tmp_path):
   model, variables, images = decoded(name, tmp_path, group_size=group_size, vector_size=vector_size)
   dense = inference.predictor(model, variables, "dense")(images)

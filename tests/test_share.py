@@ -266,8 +266,8 @@ def test_vector_size_1_is_the_scalar_path_bit_for_bit():
   scalar, scalar_rows = share.quantize(params, masks, share.Plan(k=16))
   ones, one_rows = share.quantize(params, masks, share.Plan(k=16, vector_size=1))
   chex.assert_trees_all_equal(ones, scalar)
-  assert one_rows == scalar_rows and all(leaf.vector_size == 1 for leaf in jax.tree.leaves(ones, is_leaf=share.is_shared)
-                                         if share.is_shared(leaf))
+  kernels = [leaf for leaf in jax.tree.leaves(ones, is_leaf=share.is_shared) if share.is_shared(leaf)]
+  assert one_rows == scalar_rows and kernels and all(kernel.vector_size == 1 for kernel in kernels)
 
 
 @pytest.mark.parametrize("d", [2, 4, 5, 9])  # 45 inputs: 5 and 9 divide them, 2 and 4 leave a padded last vector.
