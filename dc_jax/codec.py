@@ -19,7 +19,10 @@ a first record of its own (format version 3), and `read_metadata` reads it
 back without decoding the weights. A kernel with a codebook per group of
 output channels (`SharedKernel.group_size`) is a record of its own kind, in
 format version 5; the indices stay local to their group's row, so one
-Huffman code serves all the groups of a layer.
+Huffman code serves all the groups of a layer. A kernel of vectors
+(`SharedKernel.vector_size` d > 1) is a record of its own kind too, in format
+version 6: the kept weights' positions as before, but with the filler marked
+by the index field alone, and one weight symbol per vector that keeps a weight.
 """
 
 from __future__ import annotations
@@ -47,17 +50,19 @@ from dc_jax.share import SharedKernel
 MAGIC = b"DCJAXZ\r\n"  # \r\n: a text-mode copy that mangles line ends fails at once.
 VERSION = 2  # The newest version without metadata. A writer writes 1 unless the tree needs 2 (FORMAT.md)...
 METADATA_VERSION = 3  # ...and 3, version 2 with a metadata record first, whenever it is given metadata.
-DEFLATED_VERSION = 4  # A whole file of version 1, 2, 3 or 5, DEFLATE-compressed: `write(..., deflate=True)`.
+DEFLATED_VERSION = 4  # A whole file of version 1, 2, 3, 5 or 6, DEFLATE-compressed: `write(..., deflate=True)`.
 GROUPED_VERSION = 5  # Version 3 plus grouped shared records (GROUPED), written whenever the tree holds one.
-VERSIONS = (1, 2, 3, DEFLATED_VERSION, GROUPED_VERSION)
+VECTOR_VERSION = 6  # Version 5 plus records of vectors (VECTOR), written whenever the tree holds one.
+VERSIONS = (1, 2, 3, DEFLATED_VERSION, GROUPED_VERSION, VECTOR_VERSION)
 MAX_INFLATED_BYTES = 2**40  # A reader's limit on the file a version-4 file holds (its header says the size).
 MAX_INDEX_BITS = 16
 MAX_KERNEL_WEIGHTS = 2**32  # A reader's limit: 8 bytes of a shape can ask for more memory than any machine has.
 AUTO_INDEX_BITS = range(2, 9)  # The widths "auto" tries per layer; the paper uses 4, 5 and 8.
 # One width for every shared layer, or (pattern, width) pairs where the first fullmatch wins; "auto" picks per layer.
 IndexBits = int | str | Sequence[tuple[str, int | str]]
-# Record kinds: a plain array, a SharedKernel, an empty dict, metadata, a SharedKernel with a codebook per group.
-RAW, SHARED, EMPTY, METADATA, GROUPED = 0, 1, 2, 3, 4
+# Record kinds: a plain array, a SharedKernel, an empty dict, metadata, a SharedKernel with a codebook per group,
+# a SharedKernel with a codebook of vectors.
+RAW, SHARED, EMPTY, METADATA, GROUPED, VECTOR = 0, 1, 2, 3, 4, 5
 _RAW_KINDS = "biufc"  # numpy dtype kinds stored raw: bool, signed, unsigned, float, complex.
 STR_KEY, INT_KEY = 0, 1  # Version 2's key types: a dict key, or an integer (nnx's index of a layer in a list).
 # ml_dtypes' types (numpy kind 'V', so dtype.str "<V2" does not name them): stored by name, from version 2.
@@ -75,14 +80,15 @@ class EncodedLayer:
 
   shape: tuple[int, ...]
   index_dtype: np.dtype  # The kernel's indices dtype, restored on decoding.
-  codebook: np.ndarray  # [k], or [groups, k] with group_size, of a CODEBOOK_DTYPES dtype: the kernel's own.
-  index_bits: int  # b: each entry's jump is 1..2**b, stored as jump - 1.
+  codebook: np.ndarray  # [k], [groups, k] with group_size, [k, d] with vector_size; a CODEBOOK_DTYPES dtype.
+  index_bits: int  # b: each entry's jump is 1..2**b, stored as jump - 1 (vectors: 1..2**b - 1, or a filler).
   entries: int  # Kept weights plus fillers.
-  weight_lengths: np.ndarray  # uint8 code lengths of weight symbols 0 (filler), 1..k (cluster + 1).
+  weight_lengths: np.ndarray  # uint8 code lengths of weight symbols 0 (filler), 1..k (cluster + 1); vectors: 0..k-1.
   weight_payload: bytes
   index_lengths: np.ndarray  # uint8 code lengths of the fields 0..2**b - 1 (jump - 1).
   index_payload: bytes
   group_size: int = 0  # Output channels per codebook row (SharedKernel.group_size); 0 = one [k] codebook.
+  vector_size: int = 1  # Weights per index (SharedKernel.vector_size); 1 = scalar codebooks.
 
 
 class Summary(NamedTuple):
@@ -215,6 +221,8 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
     name: the layer's path, for messages.
   """
   _check_width(index_bits)
+  if kernel.vector_size > 1:
+    return _encode_vectors(kernel, index_bits, name)
   codebook, indices, mask = _kernel_arrays(kernel, name)
   shape = tuple(int(d) for d in mask.shape)
   indices, mask = neuron_major(indices), neuron_major(mask)
@@ -232,6 +240,93 @@ def encode_layer(kernel: SharedKernel, index_bits: int | str = 5,
   return encoded, layer_stats(encoded, weight_counts, field_counts, kept=int(mask.sum()))
 
 
+def _vector_arrays(kernel: SharedKernel, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A kernel of vectors' (codebook [k, d], indices [neurons, vectors], mask) as numpy, checked as `_kernel_arrays`."""
+  codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
+  d = kernel.vector_size
+  grid = share.vector_grid(mask.shape, d)
+  if codebook.dtype.name not in CODEBOOK_DTYPES or codebook.ndim != 2 or codebook.shape[1] != d:
+    raise ValueError(f"{name}: codebook must be [k, {d}] of {', '.join(CODEBOOK_DTYPES)}; "
+                     f"got {codebook.dtype}{list(codebook.shape)}")
+  if indices.dtype.kind != "u" or mask.dtype != bool or indices.shape != (grid[0], grid[2]):
+    raise ValueError(f"{name}: indices must be unsigned [{grid[0]}, {grid[2]}] (one per vector of {d}) and mask "
+                     f"bool; got {indices.dtype}{list(indices.shape)} and {mask.dtype}{list(mask.shape)}")
+  present = share.vectors(mask, d).any(axis=-1)
+  if codebook.shape[0] > np.iinfo(indices.dtype).max + 1 or np.any(indices[present] >= codebook.shape[0]):
+    raise ValueError(f"{name}: an index is >= the {codebook.shape[0]} vectors of the codebook")
+  if np.any(indices[~present]):
+    raise ValueError(f"{name}: indices must be 0 for vectors without kept weights, or they would not survive "
+                     f"the round trip")
+  return codebook, indices, mask
+
+
+def vector_ids(positions: np.ndarray, shape: tuple[int, ...], vector_size: int) -> np.ndarray:
+  """The vector (flat in [neurons, vectors], `share.vector_grid`) of each flat neuron-major position."""
+  _, fan_in, count = share.vector_grid(shape, vector_size)
+  neuron, offset = np.divmod(positions, max(fan_in, 1))
+  return neuron * count + offset // vector_size
+
+
+def escaped_fields(positions: np.ndarray, index_bits: int) -> np.ndarray:
+  """Index fields of kept positions where field 2**b - 1 is a filler (a jump of 2**b - 1, no weight).
+
+  A kernel of vectors has no weight symbol per entry to mark its fillers with,
+  so the field does: a kept weight `gap` positions after the previous entry takes
+  f = (gap - 1) // (2**b - 1) fillers, then its own field (gap - 1) % (2**b - 1).
+  """
+  span = (1 << index_bits) - 1
+  gap_1 = np.diff(positions, prepend=-1) - 1
+  fillers = gap_1 // span
+  own = np.cumsum(fillers + 1) - 1
+  fields = np.full(int(own[-1]) + 1 if positions.size else 0, span, np.int64)
+  fields[own] = gap_1 % span
+  return fields
+
+
+def escaped_positions(fields: np.ndarray, index_bits: int, size: int) -> np.ndarray:
+  """The kept positions `escaped_fields` coded; ValueError past the kernel's end."""
+  span = (1 << index_bits) - 1
+  filler = fields == span
+  positions = np.cumsum(np.where(filler, span, fields.astype(np.int64) + 1)) - 1
+  kept = positions[~filler]
+  if kept.size and kept[-1] >= size:
+    raise ValueError(f"the entries reach position {int(kept[-1])} of a kernel of {size} weights")
+  return kept
+
+
+def _auto_escaped_bits(positions: np.ndarray) -> int:
+  """The width in AUTO_INDEX_BITS whose escaped fields code smallest (the weight stream does not depend on it)."""
+  gap_1 = np.diff(positions, prepend=-1) - 1
+
+  def size(bits: int) -> int:
+    span = (1 << bits) - 1
+    counts = np.bincount(gap_1 % span, minlength=1 << bits)
+    counts[-1] += int(np.sum(gap_1 // span))
+    lengths = _stored_lengths(counts)
+    return -(-huffman.coded_bits(counts[:lengths.size], lengths) // 8) + lengths.size
+
+  return min(AUTO_INDEX_BITS, key=size)
+
+
+def _encode_vectors(kernel: SharedKernel, index_bits: int | str, name: str) -> tuple[EncodedLayer, dict[str, Any]]:
+  """`encode_layer` of a kernel of vectors: escaped position fields, and one symbol (0..k-1) per vector kept."""
+  codebook, indices, mask = _vector_arrays(kernel, name)
+  shape, d = tuple(int(n) for n in mask.shape), kernel.vector_size
+  positions = np.flatnonzero(neuron_major(mask))
+  bits = _auto_escaped_bits(positions) if index_bits in ("auto", 0) else int(index_bits)
+  fields = escaped_fields(positions, bits)
+  ids = vector_ids(positions, shape, d)
+  symbols = indices.ravel()[ids[np.diff(ids, prepend=-1) != 0]].astype(np.int64)
+  weight_counts = np.bincount(symbols, minlength=codebook.shape[0])
+  field_counts = np.bincount(fields, minlength=1 << bits)
+  weight_lengths, index_lengths = _stored_lengths(weight_counts), _stored_lengths(field_counts)
+  encoded = EncodedLayer(
+      shape=shape, index_dtype=indices.dtype, codebook=codebook, index_bits=bits, entries=int(fields.size),
+      weight_lengths=weight_lengths, weight_payload=huffman.encode(symbols, weight_lengths),
+      index_lengths=index_lengths, index_payload=huffman.encode(fields, index_lengths), vector_size=d)
+  return encoded, layer_stats(encoded, weight_counts, field_counts, kept=int(positions.size))
+
+
 def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: np.ndarray,
                 kept: int) -> dict[str, Any]:
   """The paper's per-layer columns (Tables 2-5); bits per weight or index are per entry, fillers included.
@@ -240,32 +335,44 @@ def layer_stats(encoded: EncodedLayer, weight_counts: np.ndarray, field_counts: 
   the k clusters for the filler, and each index in b bits; P+Q+H stores the
   Huffman codes plus their code-length tables.
   Both add the codebook (float32, or the kernel's narrower dtype), all its
-  rows when there is one per group of channels.
+  rows when there is one per group of channels, all k x d floats of vectors.
+  A kernel of vectors stores ceil(log2(k)) bits per vector that keeps a
+  weight (P+Q) and no filler symbols; its weight bits are per kept weight.
   """
-  size, k, entries = math.prod(encoded.shape), encoded.codebook.shape[-1], encoded.entries
+  vector = encoded.vector_size > 1
+  size, entries = math.prod(encoded.shape), encoded.entries
+  k = encoded.codebook.shape[0] if vector else encoded.codebook.shape[-1]
   weight_bits = huffman.coded_bits(weight_counts[:encoded.weight_lengths.size], encoded.weight_lengths)
   index_bits = huffman.coded_bits(field_counts[:encoded.index_lengths.size], encoded.index_lengths)
   table_bits = 8 * (encoded.weight_lengths.size + encoded.index_lengths.size)
-  fixed_width = k.bit_length()  # ceil(log2(k + 1)).
+  fixed_width = (k - 1).bit_length() if vector else k.bit_length()  # ceil(log2(k)), or ceil(log2(k + 1)).
+  symbols = int(weight_counts.sum()) if vector else entries
   codebook_bits = 8 * encoded.codebook.nbytes
-  pq_bits = entries * (fixed_width + encoded.index_bits) + codebook_bits
+  pq_bits = symbols * fixed_width + entries * encoded.index_bits + codebook_bits
   pqh_bits = weight_bits + index_bits + table_bits + codebook_bits
 
   def per_entry(bits: int) -> float:
     return bits / entries if entries else 0.0
 
+  def per_weight(bits: int) -> float:
+    return bits / kept if kept else 0.0
+
+  vectors = {"vector_size": encoded.vector_size, "vectors": symbols,
+             "weight_bits_pq": round(per_weight(symbols * fixed_width), 2)} if vector else {}
+
   def rate(bits: int) -> float:
     return 32 * size / bits if bits else math.inf
 
   return {"weights": size, "kept": kept, "kept_fraction": kept / size if size else 0.0, "clusters": k,
-          "codebooks": encoded.codebook.shape[0] if encoded.codebook.ndim == 2 else 1,
+          "codebooks": encoded.codebook.shape[0] if encoded.codebook.ndim == 2 and not vector else 1,
           "entries": entries, "fillers": entries - kept,
           "weight_bits_pq": fixed_width, "weight_bits_pqh": per_entry(weight_bits),
           "index_bits_pq": encoded.index_bits, "index_bits_pqh": per_entry(index_bits),
           "weight_entropy": huffman.entropy(weight_counts), "index_entropy": huffman.entropy(field_counts),
           "bits_pq": pq_bits, "bits_pqh": pqh_bits,
           "compress_rate_pq": rate(pq_bits), "compress_rate_pqh": rate(pqh_bits),
-          "codebook_bytes": encoded.codebook.nbytes}
+          "codebook_bytes": encoded.codebook.nbytes,
+          **vectors, **({"weight_bits_pqh": per_weight(weight_bits)} if vector else {})}
 
 
 def aligned_zeros(size: int, dtype: np.dtype) -> np.ndarray:
@@ -286,6 +393,8 @@ def decode_layer(encoded: EncodedLayer, dense: bool = False) -> SharedKernel | n
   With `dense`, the kernel it stands for instead (codebook values where kept,
   0 elsewhere, in the codebook's dtype), built without its indices and mask.
   """
+  if encoded.vector_size > 1:
+    return _decode_vectors(encoded, dense)
   k, size = encoded.codebook.shape[-1], math.prod(encoded.shape)
   symbols = huffman.decode(encoded.weight_payload, encoded.weight_lengths, encoded.entries)
   fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
@@ -307,6 +416,33 @@ def decode_layer(encoded: EncodedLayer, dense: bool = False) -> SharedKernel | n
   indices[kept] = symbols[symbols != 0] - 1
   return SharedKernel(codebook=encoded.codebook.copy(), indices=indices.reshape(encoded.shape),
                       mask=mask.reshape(encoded.shape), group_size=encoded.group_size)
+
+
+def _decode_vectors(encoded: EncodedLayer, dense: bool) -> SharedKernel | np.ndarray:
+  """`decode_layer` of a kernel of vectors: positions first, which say how many vector symbols follow."""
+  (k, d), size = encoded.codebook.shape, math.prod(encoded.shape)
+  fields = huffman.decode(encoded.index_payload, encoded.index_lengths, encoded.entries)
+  if fields.size and int(fields.max()) >= 1 << encoded.index_bits:
+    raise ValueError(f"index field {int(fields.max())} does not fit {encoded.index_bits} bits")
+  positions = escaped_positions(fields, encoded.index_bits, size)
+  ids = vector_ids(positions, encoded.shape, d)
+  first = np.diff(ids, prepend=-1) != 0
+  symbols = huffman.decode(encoded.weight_payload, encoded.weight_lengths, int(first.sum()))
+  if symbols.size and int(symbols.max()) >= k:
+    raise ValueError(f"weight symbol {int(symbols.max())} names no vector of {k}")
+  kept = kernel_positions(positions, encoded.shape)
+  if dense:
+    _, fan_in, _ = share.vector_grid(encoded.shape, d)
+    weights = aligned_zeros(size, encoded.codebook.dtype)
+    weights[kept] = encoded.codebook.reshape(-1)[symbols[np.cumsum(first) - 1] * d + positions % max(fan_in, 1) % d]
+    return weights.reshape(encoded.shape)
+  neurons, _, count = share.vector_grid(encoded.shape, d)
+  mask = np.zeros(size, bool)
+  mask[kept] = True
+  indices = np.zeros(neurons * count, encoded.index_dtype)
+  indices[ids[first]] = symbols
+  return SharedKernel(codebook=encoded.codebook.copy(), indices=indices.reshape(neurons, count),
+                      mask=mask.reshape(encoded.shape), vector_size=d)
 
 
 def kernel_positions(positions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -364,10 +500,12 @@ def _record_body(keys: tuple[str | int, ...], leaf: Any, encoded: EncodedLayer |
   if encoded is not None:
     codebook = (encoded.codebook.astype("<f4").tobytes() if version == 1
                 else _dtype_text(encoded.codebook.dtype) + _little_endian_bytes(encoded.codebook))
-    groups = (struct.pack("<II", encoded.codebook.shape[0], encoded.group_size) if encoded.group_size else b"")
-    return (body + struct.pack("<B", GROUPED if encoded.group_size else SHARED)
-            + _array_header(encoded.index_dtype, encoded.shape)
-            + struct.pack("<IB", encoded.codebook.shape[-1], encoded.index_bits) + groups
+    vector = encoded.vector_size > 1
+    groups = (struct.pack("<II", encoded.codebook.shape[0], encoded.group_size) if encoded.group_size
+              else struct.pack("<B", encoded.vector_size) if vector else b"")
+    kind = GROUPED if encoded.group_size else VECTOR if vector else SHARED
+    return (body + struct.pack("<B", kind) + _array_header(encoded.index_dtype, encoded.shape)
+            + struct.pack("<IB", encoded.codebook.shape[0 if vector else -1], encoded.index_bits) + groups
             + codebook + struct.pack("<Q", encoded.entries)
             + _stream(encoded.weight_lengths, encoded.weight_payload)
             + _stream(encoded.index_lengths, encoded.index_payload))
@@ -529,6 +667,8 @@ def encode(variables: Any, index_bits: IndexBits = 5, metadata: dict[str, Any] |
   version = _version(flat) if metadata is None else METADATA_VERSION
   if any(isinstance(leaf, SharedKernel) and leaf.group_size for leaf in flat.values()):
     version, metadata = GROUPED_VERSION, {} if metadata is None else metadata  # Version 5 starts with metadata.
+  if any(isinstance(leaf, SharedKernel) and leaf.vector_size > 1 for leaf in flat.values()):
+    version, metadata = VECTOR_VERSION, {} if metadata is None else metadata  # So does version 6.
   records = [] if metadata is None else [_framed(_metadata_body(metadata))]
   layers, dense_bytes, raw_bytes = [], 0, 0
   for keys, leaf in flat.items():
@@ -639,7 +779,8 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
   (kind,) = reader.unpack("B")
   if kind == EMPTY:
     leaf = traverse_util.empty_node
-  elif kind in (RAW, SHARED) or (kind == GROUPED and version >= GROUPED_VERSION):
+  elif kind in (RAW, SHARED) or (kind == GROUPED and version >= GROUPED_VERSION) or (
+      kind == VECTOR and version >= VECTOR_VERSION):
     dtype = reader.dtype(_RAW_KINDS if kind == RAW else "u", version)
     (ndim,) = reader.unpack("B")
     shape = reader.unpack(f"{ndim}Q")
@@ -653,28 +794,34 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
     else:
       k, bits = reader.unpack("IB")
       groups, group_size = reader.unpack("II") if kind == GROUPED else (0, 0)
+      (vector_size,) = reader.unpack("B") if kind == VECTOR else (1,)
+      if not 1 <= vector_size <= share.MAX_VECTOR_SIZE or (kind == VECTOR and vector_size == 1):
+        raise DataError(f"{where}: vectors of {vector_size} weights; valid: 2..{share.MAX_VECTOR_SIZE}")
       if kind == GROUPED and (not shape or group_size < 1 or groups != -(-shape[-1] // group_size)):
         raise DataError(f"{where}: {groups} codebooks of {group_size} output channels do not cover the "
                         f"{shape[-1] if shape else 0} of shape {list(shape)}")
       codebook_dtype = np.dtype("<f4") if version == 1 else reader.dtype("f", version)
       if codebook_dtype.name not in CODEBOOK_DTYPES:
         raise DataError(f"{where}: codebook dtype {codebook_dtype}; valid: {', '.join(CODEBOOK_DTYPES)}")
-      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * k * max(groups, 1)), codebook_dtype)
-      codebook = codebook.astype(codebook_dtype.newbyteorder("=")).reshape((groups, k) if groups else (k,))
+      rows, width = (groups, k) if groups else (k, vector_size) if kind == VECTOR else (1, k)
+      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * rows * width), codebook_dtype)
+      codebook = codebook.astype(codebook_dtype.newbyteorder("=")).reshape(
+          (groups, k) if groups else (k, vector_size) if kind == VECTOR else (k,))
       (entries,) = reader.unpack("Q")
       weight_lengths, weight_payload = reader.stream()
       index_lengths, index_payload = reader.stream()
-      if not 1 <= bits <= MAX_INDEX_BITS or k > np.iinfo(dtype).max + 1:
+      if not 1 <= bits <= MAX_INDEX_BITS or k > np.iinfo(dtype).max + 1 or (kind == VECTOR and not shape):
         raise DataError(f"{where}: index width {bits} or {k} clusters for {dtype} indices is not valid")
       try:
         leaf = decode_layer(EncodedLayer(shape, dtype, codebook, bits, entries, weight_lengths, weight_payload,
-                                         index_lengths, index_payload, group_size), dense)
+                                         index_lengths, index_payload, group_size, vector_size), dense)
       except ValueError as error:
         raise DataError(f"{where}: {error}") from error
   else:
     raise DataError(f"{where}: unknown record kind {kind}; valid: {RAW} raw, {SHARED} shared, {EMPTY} empty dict"
                     + (f", {METADATA} metadata (record 0 only)" if version >= METADATA_VERSION else "")
-                    + (f", {GROUPED} shared with a codebook per group" if version >= GROUPED_VERSION else ""))
+                    + (f", {GROUPED} shared with a codebook per group" if version >= GROUPED_VERSION else "")
+                    + (f", {VECTOR} shared vectors" if version >= VECTOR_VERSION else ""))
   if reader.offset != len(body):
     raise DataError(f"{where}: {len(body) - reader.offset} bytes left over after the record's fields")
   return keys, leaf
@@ -716,7 +863,7 @@ def _check_new_path(keys: tuple[str | int, ...], i: int, leaves: dict[tuple[str 
 
 
 def deflated(content: bytes) -> bytes:
-  """A file of version 1, 2, 3 or 5 as a version-4 file: header, its DEFLATE stream (RFC 1951), CRC32 of all before.
+  """A file of version 1, 2, 3, 5 or 6 as a version-4 file: header, its DEFLATE stream (RFC 1951), CRC32 of all before.
 
   Huffman-coded streams do not shrink; what does is everything around them:
   LeNet-300-100 files of 10-12 KB by 2.7-4.3%, VGG19 at 1/8 width (33-51 KB) by 13-17%.
@@ -753,7 +900,7 @@ def _inflated(data: memoryview, path: Path) -> memoryview:
     raise DataError(f"{path}: the DEFLATE stream holds {len(inner)} bytes, not the {size} its header says, "
                     f"or bytes follow its end")
   if _is_deflated(memoryview(inner)):
-    raise DataError(f"{path}: a version-4 file holds another version-4 file; it holds one of version 1, 2, 3 or 5")
+    raise DataError(f"{path}: a version-4 file holds another version-4 file; it holds one of version 1, 2, 3, 5 or 6")
   return memoryview(inner)
 
 
@@ -843,7 +990,7 @@ def read(path: str | Path, dense: bool = False) -> dict[str, Any]:
   (`SharedKernel.materialize`'s values, in the codebook's dtype), decoded
   straight into it: what inference in the dense form needs, in less time.
 
-  Reads format versions 1, 2, 3 and 5 (whose metadata record `read_metadata`
+  Reads format versions 1, 2, 3, 5 and 6 (whose metadata record `read_metadata`
   returns), and 4, a DEFLATE-compressed file of one of them. Boxed leaves come back unboxed (`flax_trees.rebox` puts a
   template's boxes back); integer keys come back as integers, so the pure dict
   of an nnx.State loads back with `flax_trees.load`.

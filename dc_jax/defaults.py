@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.init = "linear"  # linear (the paper's best) | density | random | kmeans++.
   config.share.granularity = "tensor"  # One codebook per: tensor (the paper's) | channel (output channel) | group.
   config.share.group_size = 8  # granularity=group: consecutive output channels per codebook; the last may be fewer.
+  config.share.vector_size = 1  # > 1: one index per d consecutive weights of a neuron, [k, d] codebook (init kmeans++ | random).
   config.share.max_iterations = 1000  # Lloyd iterations at most per layer.
   config.share.reduction = "sum"  # A centroid's gradient: sum (the paper's Eq. 3) | mean of its weights'.
   config.share.method = "paper"  # Fine-tuning: paper (codebooks, fixed clusters) | dkm (weights through soft k-means).

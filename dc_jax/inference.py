@@ -4,7 +4,8 @@
 - `codebook`: each SharedKernel stays on the device as its small integer codes and codebook, and is
   expanded inside the jitted forward pass. The mask is folded into the codes (code 0 is a 0.0
   codeword, code i + 1 is centroid i), so a kept weight costs one byte, or half a byte when the
-  k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart.
+  k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart, as do
+  kernels of vectors: one code per vector of d weights, some of them kept and some pruned.
 - `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products with
   scipy.sparse through `jax.pure_callback` (CSC of the transpose: the kernel's own rows); the rest as in
   `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse` were
@@ -49,6 +50,7 @@ class CodebookKernel:
   shape: tuple[int, ...] = struct.field(pytree_node=False)
   nibbles: bool = struct.field(pytree_node=False, default=False)
   group_size: int = struct.field(pytree_node=False, default=0)  # SharedKernel.group_size: channels per codebook row.
+  vector_size: int = struct.field(pytree_node=False, default=1)  # SharedKernel.vector_size: weights per code.
 
   @property
   def nbytes(self) -> int:
@@ -60,6 +62,9 @@ def _dense(kernel: SharedKernel) -> np.ndarray:
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
   dense = codec.aligned_zeros(mask.size, codebook.dtype)
   kept = np.flatnonzero(mask)
+  if kernel.vector_size > 1:
+    dense[kept] = codebook.reshape(-1)[share.vector_slots(indices, mask.shape, kernel.vector_size).reshape(-1)[kept]]
+    return dense.reshape(mask.shape)
   clusters = indices.reshape(-1)[kept].astype(np.int64)
   if kernel.group_size:
     clusters += share.row_offsets(kept, mask.shape[-1], kernel.group_size, codebook.shape[-1])
@@ -71,7 +76,7 @@ def compact(kernel: SharedKernel, nibbles: bool | None = None) -> CodebookKernel
   """The `codebook` form of a kernel, on the host; `nibbles=None` packs 4-bit codes whenever they fit."""
   codebook, indices, mask = (np.asarray(a) for a in (kernel.codebook, kernel.indices, kernel.mask))
   k = codebook.shape[-1]
-  fold = k + 1 <= 256
+  fold = k + 1 <= 256 and kernel.vector_size == 1
   if fold:
     codebook = np.concatenate([np.zeros((*codebook.shape[:-1], 1), codebook.dtype), codebook], axis=-1)
     # Indices are 0 where pruned, so index + mask is the folded code: one pass, no temporaries of 2 bytes a weight.
@@ -87,7 +92,8 @@ def compact(kernel: SharedKernel, nibbles: bool | None = None) -> CodebookKernel
   if nibbles:
     codes = np.concatenate([codes, np.zeros(codes.size % 2, np.uint8)])
     codes = (codes[0::2] << 4) | codes[1::2]
-  return CodebookKernel(codebook, codes, mask_bits, tuple(indices.shape), bool(nibbles), kernel.group_size)
+  return CodebookKernel(codebook, codes, mask_bits, tuple(mask.shape), bool(nibbles), kernel.group_size,
+                        kernel.vector_size)
 
 
 def expand(kernel: CodebookKernel) -> jax.Array:
@@ -96,7 +102,11 @@ def expand(kernel: CodebookKernel) -> jax.Array:
   codes = kernel.codes
   if kernel.nibbles:
     codes = jnp.stack([codes >> 4, codes & 15], axis=-1).reshape(-1)[:size]
-  if kernel.group_size:
+  if kernel.vector_size > 1:
+    neurons, _, vectors = share.vector_grid(kernel.shape, kernel.vector_size)
+    slots = share.vector_slots(codes.reshape(neurons, vectors), kernel.shape, kernel.vector_size)
+    values = kernel.codebook.reshape(-1)[slots.reshape(-1)]
+  elif kernel.group_size:
     k = kernel.codebook.shape[-1]
     offsets = share.row_offsets(jnp.arange(size), kernel.shape[-1], kernel.group_size, k)
     values = kernel.codebook.reshape(-1)[offsets + codes.astype(jnp.int32)]

@@ -460,7 +460,8 @@ def make_figures(workdir: Path, experiment: Experiment, results: dict[str, Any],
       report.plot_layer(workdir / file, name, np.asarray(dense_leaves[name]), np.asarray(pruned_leaves[name]),
                         np.asarray(mask_leaves[name]),
                         None if kernel is None else np.asarray(kernel.materialize()),
-                        None if kernel is None else np.asarray(kernel.codebook))
+                        None if kernel is None else np.asarray(kernel.codebook),
+                        1 if kernel is None else kernel.vector_size)
       figures.append((f"{name}: dense, pruned, shared", file))
   if results.get("sweep"):
     report.plot_sweep(folder / "sweep.png", results["sweep"], results["stages"]["baseline"]["test_accuracy"])

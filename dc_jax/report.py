@@ -114,10 +114,11 @@ def channel_table(results: dict[str, Any]) -> str:
 
 
 def _codebooks(row: dict[str, Any]) -> str:
-  """"rows x k (bytes)" of a layer's codebooks; "" for results.json from before they were recorded."""
+  """"rows x k (bytes)" of a layer's codebooks, "1 x k of d-vectors (bytes)"; "" for results.json from before."""
   if "clusters" not in row or "codebook_bytes" not in row:
     return ""
-  return f"{row.get('codebooks', 1)} x {row['clusters']} ({row['codebook_bytes']:,})"
+  vectors = f" of {row['vector_size']}-vectors" if row.get("vector_size", 1) > 1 else ""
+  return f"{row.get('codebooks', 1)} x {row['clusters']}{vectors} ({row['codebook_bytes']:,})"
 
 
 def layer_table(layers: Sequence[dict[str, Any]], totals: dict[str, Any]) -> str:
@@ -211,7 +212,7 @@ def _histogram(ax: plt.Axes, values: np.ndarray, title: str, bins: np.ndarray) -
 
 
 def plot_layer(path: Path, name: str, dense: np.ndarray, pruned: np.ndarray, mask: np.ndarray,
-               shared: np.ndarray | None, codebook: np.ndarray | None) -> None:
+               shared: np.ndarray | None, codebook: np.ndarray | None, vector_size: int = 1) -> None:
   """One layer's weights: dense, after pruning (kept weights only) and after sharing, centroids marked."""
   panels = 3 if shared is not None else 2
   fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3), sharex=True)
@@ -220,8 +221,10 @@ def plot_layer(path: Path, name: str, dense: np.ndarray, pruned: np.ndarray, mas
   _histogram(axes[1], pruned[mask], f"pruned: {int(mask.sum()):,} kept ({mask.mean():.1%})", bins)
   if shared is not None:
     rows = f" in {codebook.shape[0]} codebooks" if codebook.ndim == 2 else ""
-    _histogram(axes[2], shared[mask], f"shared: {codebook.size} centroids{rows}", bins)
-    for value in codebook if codebook.ndim == 1 else ():  # A codebook per channel: too many lines to read.
+    title = (f"shared: {codebook.shape[0]} centroids of {vector_size}" if vector_size > 1
+             else f"shared: {codebook.size} centroids{rows}")
+    _histogram(axes[2], shared[mask], title, bins)
+    for value in codebook if codebook.ndim == 1 else ():  # A codebook per channel or of vectors: no lines.
       axes[2].axvline(float(value), color="tab:red", linewidth=0.6, alpha=0.7)
   _save(fig, path)
 

@@ -3,10 +3,12 @@
 A shared layer is a `SharedKernel`: a float32 codebook, integer indices into it
 and the pruning mask. The codebook is the tensor's own ([k], the paper's), or
 one row per group of consecutive output channels ([groups, k], `granularity`
-"channel" or "group"), the indices local to their row. Clustering runs once
-per layer (or group) on the host (exact 1-D k-means, dc_jax/kmeans.py);
-everything that runs per step (the codebook lookup and its gradient) is
-jitted JAX.
+"channel" or "group"), the indices local to their row, or a codebook of
+d-vectors ([k, d], `vector_size` d > 1) with one index per d consecutive
+weights of an output neuron. Clustering runs once per layer (or group) on the
+host (exact 1-D k-means, dc_jax/kmeans.py; masked vector k-means,
+dc_jax/vector_kmeans.py); everything that runs per step (the codebook lookup
+and its gradient) is jitted JAX.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -24,7 +27,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from dc_jax import kmeans, prune, rules, train
+from dc_jax import kmeans, prune, rules, train, vector_kmeans
 from dc_jax.kmeans import INITS
 from dc_jax.errors import ConfigError
 
@@ -33,6 +36,7 @@ _log = logging.getLogger(__name__)  # A caller silences it with logging.getLogge
 REDUCTIONS = ("sum", "mean")
 GRANULARITIES = ("tensor", "channel", "group")  # One codebook per tensor, per output channel, per group of channels.
 MAX_CLUSTERS = 2 ** 16  # Indices are uint8 or uint16.
+MAX_VECTOR_SIZE = 16  # Weights per vector at most: a [k, d] codebook of k = 256 is then 16 KiB of float32.
 # One cluster count for every selected layer, or (pattern, count) pairs where the first fullmatch wins.
 PerLayerCount = int | Sequence[tuple[str, int]]
 
@@ -57,34 +61,80 @@ def segments(indices: jax.Array, k: int, group_size: int = 0) -> jax.Array:
   return channel_groups(indices.shape[-1], group_size) * k + indices.astype(jnp.int32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 5))
+def vector_grid(shape: tuple[int, ...], vector_size: int) -> tuple[int, int, int]:
+  """(neurons, fan_in, vectors per neuron) of a kernel cut into vectors of `vector_size` weights.
+
+  A vector is d consecutive weights of one output neuron in the codec's
+  neuron-major order (the output axis first, then C order: for a conv kernel
+  [h, w, in, out] the input channels run fastest), so it never spans two
+  neurons. When d does not divide the neuron's fan-in, its last vector is
+  padded with pruned coordinates. A 1-D kernel is one neuron.
+  """
+  neurons = shape[-1] if len(shape) > 1 else 1
+  fan_in = math.prod(shape) // neurons if neurons else 0
+  return neurons, fan_in, -(-fan_in // vector_size)
+
+
+def vectors(array: np.ndarray, vector_size: int) -> np.ndarray:
+  """The kernel (weights or mask) as [neurons, vectors, d], padded with zeros (False) past each neuron's fan-in."""
+  neurons, fan_in, count = vector_grid(array.shape, vector_size)
+  rows = (np.moveaxis(array, -1, 0) if array.ndim > 1 else array).reshape(neurons, fan_in)
+  return np.pad(rows, ((0, 0), (0, count * vector_size - fan_in))).reshape(neurons, count, vector_size)
+
+
+def vector_slots(indices: jax.Array, shape: tuple[int, ...], vector_size: int) -> jax.Array:
+  """Each weight of a kernel of `shape` as its place in the flat [k * d] codebook: index * d + coordinate.
+
+  `indices` is [neurons, vectors] (`vector_grid`); numpy or jax arrays.
+  """
+  xp = jnp if isinstance(indices, jax.Array) else np
+  neurons, fan_in, _ = vector_grid(shape, vector_size)
+  slots = indices.astype(xp.int32)[..., None] * vector_size + xp.arange(vector_size, dtype=xp.int32)
+  slots = slots.reshape(neurons, -1)[:, :fan_in]
+  return xp.moveaxis(slots.reshape(neurons, *shape[:-1]), 0, -1) if len(shape) > 1 else slots.reshape(shape)
+
+
+def slots(indices: jax.Array, shape: tuple[int, ...], k: int, group_size: int = 0, vector_size: int = 1) -> jax.Array:
+  """Each weight's place in the flat codebook, whatever its granularity (what lookup gathers and sums over)."""
+  if vector_size > 1:
+    return vector_slots(indices, shape, vector_size)
+  return segments(indices, k, group_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 5, 6))
 def lookup(codebook: jax.Array, indices: jax.Array, mask: jax.Array, reduction: str = "sum",
-           kept: KeptWeights | None = None, group_size: int = 0) -> jax.Array:
+           kept: KeptWeights | None = None, group_size: int = 0, vector_size: int = 1) -> jax.Array:
   """`codebook[indices]` where `mask`, else 0; a centroid's gradient is its weights' gradients summed (Eq. 3).
 
   With `group_size` > 0 the codebook is [groups, k] and a weight in output
-  channel c reads `codebook[c // group_size, index]`. The backward pass is an
-  explicit `segment_sum` over the centroids (group * k + index), or their
+  channel c reads `codebook[c // group_size, index]`. With `vector_size` d > 1
+  the codebook is [k, d], `indices` [neurons, vectors] (`vector_grid`), and
+  coordinate j of a vector reads `codebook[index, j]`. The backward pass is an
+  explicit `segment_sum` over the flat codebook (`slots`: index, group * k +
+  index, or index * d + j: the paper's Eq. 3 per coordinate), or their
   mean with `reduction="mean"`; indices and mask get no gradient. Given
   `kept` (see `kept_weights`), it reads only the kept weights' gradients: a
   pruned layer's backward pass then touches a few percent of the layer
   instead of all of it.
   """
   del kept  # Used by the backward pass only.
-  values = codebook.ravel()[segments(indices, codebook.shape[-1], group_size)] if group_size else codebook[indices]
+  if group_size or vector_size > 1:
+    values = codebook.ravel()[slots(indices, mask.shape, codebook.shape[-1], group_size, vector_size)]
+  else:
+    values = codebook[indices]
   return jnp.where(mask, values, jnp.zeros((), codebook.dtype))
 
 
-def _lookup_fwd(codebook, indices, mask, reduction, kept, group_size):
-  return lookup(codebook, indices, mask, reduction, None, group_size), (codebook, indices, mask, kept)
+def _lookup_fwd(codebook, indices, mask, reduction, kept, group_size, vector_size):
+  return lookup(codebook, indices, mask, reduction, None, group_size, vector_size), (codebook, indices, mask, kept)
 
 
-def _lookup_bwd(reduction, group_size, residuals, weight_grads):
+def _lookup_bwd(reduction, group_size, vector_size, residuals, weight_grads):
   codebook, indices, mask, kept = residuals
   size = codebook.size
   if kept is None:
     members = jnp.where(mask, weight_grads, 0.0).ravel()
-    ids = segments(indices, codebook.shape[-1], group_size).ravel()
+    ids = slots(indices, mask.shape, codebook.shape[-1], group_size, vector_size).ravel()
     weights = mask.ravel()
   else:
     members = weight_grads.ravel()[kept.positions]
@@ -108,13 +158,16 @@ class KeptWeights(NamedTuple):
 
 
 def kept_weights(indices: jax.Array | np.ndarray, mask: jax.Array | np.ndarray, k: int = 0,
-                 group_size: int = 0) -> KeptWeights:
+                 group_size: int = 0, vector_size: int = 1) -> KeptWeights:
   """What `lookup`'s fast backward pass reads (gathering the indices there in each step would cost as much again).
 
-  With a codebook per group (`group_size` > 0, rows of `k`), the centroids are counted in the flat codebook.
+  With a codebook per group (`group_size` > 0, rows of `k`) or of vectors, the centroids are counted in the
+  flat codebook (`slots`).
   """
-  positions = np.flatnonzero(np.asarray(mask)).astype(np.int32)
-  clusters = np.asarray(segments(np.asarray(indices), k, group_size)).ravel()[positions].astype(np.int32)
+  mask = np.asarray(mask)
+  positions = np.flatnonzero(mask).astype(np.int32)
+  places = slots(np.asarray(indices), mask.shape, k, group_size, vector_size)
+  clusters = np.asarray(places).ravel()[positions].astype(np.int32)
   return KeptWeights(jnp.asarray(positions), jnp.asarray(clusters))
 
 
@@ -126,17 +179,20 @@ class SharedKernel:
   `kept` is derived from `indices` and `mask`, for training only (`split`
   adds it; files do not store it). With `group_size` > 0 the codebook has a
   row per group of that many consecutive output channels (the last group may
-  be smaller) and each index points into its channel's row.
+  be smaller) and each index points into its channel's row. With
+  `vector_size` d > 1 the codebook is [k, d] and there is one index per vector
+  of d weights (`vector_grid`), 0 for a vector without kept weights.
   """
 
-  codebook: jax.Array  # [k], or [groups, k] with group_size: the kernel's own float dtype; each row sorted.
-  indices: jax.Array  # The kernel's shape, the narrowest unsigned dtype that holds k - 1.
+  codebook: jax.Array  # [k], or [groups, k] with group_size (each row sorted), or [k, d] with vector_size d > 1.
+  indices: jax.Array  # The kernel's shape ([neurons, vectors] with vectors), the narrowest unsigned dtype for k - 1.
   mask: jax.Array  # The kernel's shape, bool; True = kept by pruning.
   kept: KeptWeights | None = None  # Derived from indices and mask, or None; speeds up the backward pass.
   group_size: int = struct.field(pytree_node=False, default=0)  # Output channels per codebook row; 0 = one [k].
+  vector_size: int = struct.field(pytree_node=False, default=1)  # Weights per index; 1 = scalar codebooks.
 
   def materialize(self, reduction: str = "sum") -> jax.Array:
-    return lookup(self.codebook, self.indices, self.mask, reduction, self.kept, self.group_size)
+    return lookup(self.codebook, self.indices, self.mask, reduction, self.kept, self.group_size, self.vector_size)
 
 
 def is_shared(leaf: Any) -> bool:
@@ -180,6 +236,7 @@ class Plan:
   layer_bits: Sequence[tuple[str, int]] = ()  # (regex, bits) pairs, first fullmatch wins, before bits / k.
   granularity: str = "tensor"  # tensor (one codebook, the paper's) | channel | group (of group_size channels).
   group_size: int = 8  # granularity="group": output channels per codebook; the last group may be smaller.
+  vector_size: int = 1  # Weights per index (vector k-means, granularity tensor only); 1 = the paper's scalars.
 
   def __post_init__(self) -> None:
     if self.bits or self.layer_bits:
@@ -205,6 +262,15 @@ class Plan:
     if not (isinstance(self.group_size, numbers.Integral) and not isinstance(self.group_size, bool)
             and self.group_size >= 1):
       raise ConfigError(f"share.group_size={self.group_size!r}; valid: an integer >= 1")
+    if not (isinstance(self.vector_size, numbers.Integral) and not isinstance(self.vector_size, bool)
+            and 1 <= self.vector_size <= MAX_VECTOR_SIZE):
+      raise ConfigError(f"share.vector_size={self.vector_size!r}; valid: an integer 1..{MAX_VECTOR_SIZE}")
+    if self.vector_size > 1 and self.granularity != "tensor":
+      raise ConfigError(f"share.vector_size={self.vector_size} clusters a tensor's vectors in one codebook; "
+                        f"share.granularity={self.granularity!r}; valid: share.granularity='tensor'")
+    if self.vector_size > 1 and self.init not in vector_kmeans.INITS:
+      raise ConfigError(f"share.init={self.init!r} is 1-D; valid with share.vector_size={self.vector_size}: "
+                        f"{', '.join(vector_kmeans.INITS)}")
 
   @property
   def channels_per_codebook(self) -> int:
@@ -223,6 +289,8 @@ def _cluster(weights: np.ndarray, mask: np.ndarray, k: int, plan: Plan) -> tuple
   centroid (zeros for a group without kept weights), which no index uses.
   """
   group_size = plan.channels_per_codebook
+  if plan.vector_size > 1:
+    return _cluster_vectors(weights, mask, k, plan)
   indices = np.zeros(weights.shape, index_dtype(k))
   if not group_size:
     result = kmeans.kmeans_1d(weights[mask], k, plan.init, plan.max_iterations, plan.seed)
@@ -244,6 +312,23 @@ def _cluster(weights: np.ndarray, mask: np.ndarray, k: int, plan: Plan) -> tuple
                              "iterations": max(r.iterations for r in results),
                              "converged": all(r.converged for r in results),
                              "fewest": min(r.centroids.size for r in results)}
+
+
+def _cluster_vectors(weights: np.ndarray, mask: np.ndarray, k: int,
+                     plan: Plan) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(codebook [k, d], indices [neurons, vectors], row) by masked vector k-means over the vectors with kept weights.
+
+  A vector without kept weights takes part in nothing and keeps index 0.
+  """
+  x, m = vectors(weights, plan.vector_size), vectors(mask, plan.vector_size)
+  present = m.any(axis=-1)
+  result = vector_kmeans.kmeans(x[present], m[present], k, plan.init, plan.max_iterations, plan.seed)
+  indices = np.zeros(present.shape, index_dtype(k))
+  indices[present] = result.labels
+  codebook = result.centroids if result.centroids.size else np.zeros((1, plan.vector_size), np.float32)
+  return codebook, indices, {"inertia": result.inertia, "iterations": result.iterations,
+                             "converged": result.converged, "fewest": result.centroids.shape[0],
+                             "vector_size": plan.vector_size, "vectors": int(present.sum())}
 
 
 def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, list[dict[str, Any]]]:
@@ -270,16 +355,19 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
       raise TypeError(f"share.patterns selects {name}, of {dtype}; valid: floating weights only")
     weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
     codebook, indices, stats = _cluster(weights, mask, k, plan)
-    codebook = np.sort(codebook.astype(dtype), axis=-1) if dtype != np.float32 else codebook
+    if dtype != np.float32:  # Rows of vectors are not sorted: their order is their indices'.
+      codebook = codebook.astype(dtype) if plan.vector_size > 1 else np.sort(codebook.astype(dtype), axis=-1)
     fewest = stats.pop("fewest")
-    rows.append({"layer": name, "k": k, "clusters": int(codebook.shape[-1]),
-                 "codebooks": int(codebook.shape[0]) if codebook.ndim == 2 else 1, "weights": int(weights.size),
+    vector = plan.vector_size > 1
+    rows.append({"layer": name, "k": k, "clusters": int(codebook.shape[0 if vector else -1]),
+                 "codebooks": int(codebook.shape[0]) if codebook.ndim == 2 and not vector else 1,
+                 "weights": int(weights.size),
                  "kept": int(mask.sum()), **stats})
     if fewest < k:
       _log.warning("share: %s has %d distinct surviving values (in its sparsest codebook), fewer than k=%d: "
                    "one centroid each", name, fewest, k)
     return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask),
-                        group_size=plan.channels_per_codebook)
+                        group_size=plan.channels_per_codebook, vector_size=plan.vector_size)
 
   shared = jax.tree_util.tree_map_with_path(share_leaf, params, masks, selected)
   return shared, rows
@@ -300,7 +388,8 @@ def split(shared: Params) -> tuple[Params, Params]:
   trainable = jax.tree.map(lambda leaf: leaf.codebook if is_shared(leaf) else leaf, shared, is_leaf=is_shared)
   frozen = jax.tree.map(
       lambda leaf: leaf.replace(codebook=None, kept=kept_weights(leaf.indices, leaf.mask, leaf.codebook.shape[-1],
-                                                                 leaf.group_size)) if is_shared(leaf) else None,
+                                                                 leaf.group_size, leaf.vector_size))
+      if is_shared(leaf) else None,
       shared, is_leaf=is_shared)
   return trainable, frozen
 

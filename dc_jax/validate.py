@@ -131,6 +131,8 @@ FIELDS: dict[str, Rule] = {
     "share.max_iterations": integer(1),
     "share.granularity": one_of(*share.GRANULARITIES),
     "share.group_size": integer(1),
+    "share.vector_size": Rule(lambda v: _is_integer(v) and 1 <= v <= share.MAX_VECTOR_SIZE,
+                              f"an integer 1..{share.MAX_VECTOR_SIZE}"),
     "share.reduction": one_of(*REDUCTIONS),
     "share.method": one_of(*dkm.METHODS),
     "share.dkm_iterations": integer(1),
@@ -163,6 +165,11 @@ OVERRIDES = (
              lambda c: "share.method='dkm' trains the weights, not codebooks; valid: with share.method=paper only"),
     Override("share.granularity", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' clusters each layer as one tensor; valid: with share.method=paper only"),
+    Override("share.vector_size", lambda c: c.share.method == "dkm",
+             lambda c: "share.method='dkm' clusters scalars; valid: with share.method=paper only"),
+    Override("share.vector_size", lambda c: c.share.granularity != "tensor",
+             lambda c: f"share.granularity={c.share.granularity!r} has scalar codebooks per channel; "
+                       f"valid: with share.granularity='tensor' only"),
     Override("share.group_size", lambda c: c.share.granularity != "group",
              lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels; "
                        f"valid: with share.granularity='group' only"),

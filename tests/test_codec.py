@@ -1,5 +1,6 @@
 """The compressed model file: relative indices with fillers, exact round trips, statistics, corruption, atomicity."""
 
+import hashlib
 import json
 import os
 import re
@@ -624,3 +625,78 @@ def test_a_grouped_codebook_that_does_not_cover_the_channels_is_refused():
   kernel = grouped_tree("group")["params"]["fc1"]["kernel"]
   with pytest.raises(ValueError, match=r"codebook must be \[24, k\]"):
     codec.encode_layer(kernel.replace(codebook=kernel.codebook[:-1]))
+
+
+def vector_tree(d: int, seed: int = 0) -> dict:
+  """`mixed_tree`'s kernels shared anew as vectors of d: fan-ins 27, 400 and 120 (2 and 4 divide the last two)."""
+  params = mixed_tree(seed)["params"]
+  kernels = {name: layer["kernel"] for name, layer in params.items() if "kernel" in layer}
+  weights = {name: {"kernel": jnp.asarray(kernel.materialize())} for name, kernel in kernels.items()}
+  masks = {name: {"kernel": jnp.asarray(kernel.mask)} for name, kernel in kernels.items()}
+  shared, _ = share.quantize(weights, masks, share.Plan(k=16, vector_size=d, init="kmeans++"))
+  return {"params": shared, "batch_stats": mixed_tree(seed)["batch_stats"]}
+
+
+@pytest.mark.parametrize("d", [2, 4])
+@pytest.mark.parametrize("index_bits", [1, 3, "auto"])
+@pytest.mark.parametrize("deflate", [False, True])
+def test_vectors_round_trip_bit_for_bit_and_decode_dense_to_the_shared_kernels(tmp_path, d, index_bits, deflate):
+  tree = vector_tree(d)
+  path = tmp_path / "model.dcz"
+  codec.write(path, tree, index_bits, deflate=deflate)
+  back = codec.read(path)
+  assert_same_leaves(back, tree)
+  assert all(back["params"][name]["kernel"].vector_size == d for name in ("conv1", "fc1", "head"))
+  inner = codec._inflated(memoryview(path.read_bytes()), path)
+  assert struct.unpack("<H", inner[8:10])[0] == codec.VECTOR_VERSION and codec.read_metadata(path) == {}
+  dense = codec.read(path, dense=True)
+  for name, layer in tree["params"].items():
+    if "kernel" in layer:
+      np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
+
+
+def test_escaped_fields_mark_fillers_by_the_top_field_alone():
+  positions = np.array([1, 4, 15, 16])
+  # b = 3: jumps of 1..7 carry a weight, field 7 is a filler of 7: 2, 3, then 11 = 7 + 4, then 1.
+  fields = codec.escaped_fields(positions, 3)
+  np.testing.assert_array_equal(fields, [1, 2, 7, 3, 0])
+  np.testing.assert_array_equal(codec.escaped_positions(fields, 3, 20), positions)
+  with pytest.raises(ValueError, match="reach position 16 of a kernel of 16"):
+    codec.escaped_positions(fields, 3, 16)
+
+
+def test_vector_statistics_count_an_index_per_vector_and_the_k_by_d_codebook():
+  kernel = vector_tree(4)["params"]["fc1"]["kernel"]
+  _, row = codec.encode_layer(kernel, 5)
+  vectors = int(share.vectors(np.asarray(kernel.mask), 4).any(-1).sum())
+  assert (row["vector_size"], row["vectors"], row["clusters"], row["codebooks"]) == (4, vectors, 16, 1)
+  assert row["codebook_bytes"] == 16 * 4 * 4 and row["weight_bits_pq"] == round(vectors * 4 / row["kept"], 2)
+  assert row["bits_pq"] == vectors * 4 + row["entries"] * 5 + 8 * 16 * 4 * 4
+
+
+# The old writer's bytes of `mixed_tree(0)` (commit ba11fff, before vectors existed): files without vectors keep them.
+MIXED_TREE_SHA256 = {None: "a34c68ab21e14e018473a0391e47bfb09d5f67863c61fd9a86c6419377410891",
+                     "metadata": "432b7ee2ca6c77febd7b7608dc9f14143e93556b10fa9cf14d5c8ba97967dcd9"}
+
+
+@pytest.mark.parametrize("metadata", [None, "metadata"])
+def test_files_without_vectors_keep_the_bytes_of_the_writer_before_vectors(metadata):
+  content, _ = codec.encode(mixed_tree(0), "auto", METADATA if metadata else None)
+  assert hashlib.sha256(content).hexdigest() == MIXED_TREE_SHA256[metadata]
+
+
+def test_a_vector_record_in_a_file_before_version_6_is_rejected(tmp_path):
+  content = bytearray(codec.encode(vector_tree(2), metadata=METADATA)[0])
+  content[8:10] = struct.pack("<H", codec.GROUPED_VERSION)
+  content[14:18] = struct.pack("<I", zlib.crc32(bytes(content[:14])))
+  content[-4:] = struct.pack("<I", zlib.crc32(bytes(content[:-4])))
+  path = tmp_path / "bad.dcz"
+  path.write_bytes(bytes(content))
+  with pytest.raises(DataError, match="unknown record kind 5"):
+    codec.read(path)
+
+
+def test_a_vector_kernel_whose_indices_are_not_one_per_vector_is_refused():
+  kernel = vector_tree(2)["params"]["fc1"]["kernel"]
+  with pytest.raises(ValueError, match=r"indices must be unsigned \[120, 200\]"):
+    codec.encode_layer(kernel.replace(indices=kernel.indices[:, :-1]))

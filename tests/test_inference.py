@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dc_jax import codec, inference
+from dc_jax import codec, inference, share as sharing
 from dc_jax.models import LeNet300100, LeNet5, VGG
 from dc_jax.share import SharedKernel
 
 
-def pruned_shared(variables, k: int, kept: float, seed: int = 0, group_size: int = 0):
-  """Every kernel pruned to about `kept` and shared over k sorted centroids (a row per group), as the pipeline leaves it."""
+def pruned_shared(variables, k: int, kept: float, seed: int = 0, group_size: int = 0, vector_size: int = 1):
+  """Every kernel pruned to about `kept` and shared over k sorted centroids (a row per group, or k vectors)."""
   rng = np.random.default_rng(seed)
 
   def share(path, leaf):
@@ -23,7 +23,11 @@ def pruned_shared(variables, k: int, kept: float, seed: int = 0, group_size: int
     rows = (-(-leaf.shape[-1] // group_size),) if group_size else ()
     codebook = np.sort(rng.normal(0.0, scale, (*rows, k)), axis=-1).astype(np.float32)
     indices = np.where(mask, rng.integers(0, k, leaf.shape), 0).astype(np.uint8 if k <= 256 else np.uint16)
-    return SharedKernel(codebook, indices, mask, group_size=group_size)
+    if vector_size > 1:
+      present = sharing.vectors(mask, vector_size).any(-1)
+      codebook = rng.normal(0.0, scale, (k, vector_size)).astype(np.float32)
+      indices = np.where(present, rng.integers(0, k, present.shape), 0).astype(np.uint8)
+    return SharedKernel(codebook, indices, mask, group_size=group_size, vector_size=vector_size)
 
   return jax.tree_util.tree_map_with_path(share, variables)
 
@@ -35,20 +39,21 @@ MODELS = {
 }
 
 
-def decoded(name, tmp_path, k=None, group_size=0):
+def decoded(name, tmp_path, k=None, group_size=0, vector_size=1):
   model, shape, default_k, kept = MODELS[name]
   variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
   variables = jax.tree.map(np.asarray, variables)
   path = tmp_path / f"{name}.dcz"
-  codec.write(path, pruned_shared(variables, k or default_k, kept, group_size=group_size))
+  codec.write(path, pruned_shared(variables, k or default_k, kept, group_size=group_size, vector_size=vector_size))
   images = jax.random.normal(jax.random.key(1), (3, *shape))
   return model, codec.read(path), images
 
 
-@pytest.mark.parametrize("name, group_size", [(name, 0) for name in sorted(MODELS)]
-                         + [("lenet300100", 1), ("lenet5", 3)])  # A codebook per channel, per 3 channels.
-def test_forms_agree_with_the_dense_decode(name, group_size, tmp_path):
-  model, variables, images = decoded(name, tmp_path, group_size=group_size)
+@pytest.mark.parametrize("name, group_size, vector_size", [(name, 0, 1) for name in sorted(MODELS)]
+                         + [("lenet300100", 1, 1), ("lenet5", 3, 1)]  # A codebook per channel, per 3 channels.
+                         + [("lenet300100", 0, 4), ("lenet5", 0, 3)])  # Vectors; 3 divides no fan-in of LeNet-5.
+def test_forms_agree_with_the_dense_decode(name, group_size, vector_size, tmp_path):
+  model, variables, images = decoded(name, tmp_path, group_size=group_size, vector_size=vector_size)
   dense = inference.predictor(model, variables, "dense")(images)
   if name != "tiny_vgg":  # The dense form is the dense decode (unjitted, VGG's ops compile one by one: slow).
     expected = model.apply(jax.tree.map(

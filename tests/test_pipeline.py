@@ -123,6 +123,20 @@ def test_a_codebook_per_channel_is_encoded_read_back_and_evaluated_from_the_file
   assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
 
 
+def test_vectors_are_encoded_read_back_and_evaluated_from_the_file(small_config, tmp_path):
+  small_config.share.vector_size, small_config.share.init = 4, "kmeans++"
+  workdir = tmp_path / "run"
+  stages = pipeline.run(small_config, workdir)["stages"]
+  path = workdir / pipeline.MODEL_FILE
+  assert codec._header(codec._Reader(path.read_bytes(), "h"), path)[0] == codec.VECTOR_VERSION
+  written = codec.read(path)["params"]
+  for name, (neurons, vectors) in (("ip1", (300, 196)), ("ip2", (100, 75)), ("ip3", (10, 25))):
+    kernel = written[name]["kernel"]
+    assert kernel.vector_size == 4 and kernel.indices.shape == (neurons, vectors) and kernel.codebook.shape[1] == 4
+  assert [r["vector_size"] for r in stages["encoded"]["layers"]] == [4, 4, 4]
+  assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
+
+
 def test_encoded_stage_file_decodes_to_the_shared_model_and_scores_the_same(small_config, tmp_path):
   workdir = tmp_path / "run"
   stages = pipeline.run(small_config, workdir)["stages"]

@@ -145,9 +145,11 @@ def test_grouped_centroid_gradient_is_autodiff_of_the_masked_gather(reduction, w
   assert np.abs(np.asarray(ours)).max() > 0
 
 
-def _finetune_state(train_unshared: bool = True, granularity: str = "tensor"):
+def _finetune_state(train_unshared: bool = True, granularity: str = "tensor", vector_size: int = 1):
   model, params, masks = _pruned_lenet()
-  shared, _ = share.quantize(params, masks, share.Plan(k=16, granularity=granularity))
+  init = "kmeans++" if vector_size > 1 else "linear"
+  shared, _ = share.quantize(params, masks, share.Plan(k=16, granularity=granularity, vector_size=vector_size,
+                                                       init=init))
   trainable, frozen = share.split(shared)
   tx = share.finetune_optimizer(optax.sgd(0.01, momentum=0.9), shared, train_unshared)
   state = share.SharedTrainState.create(apply_fn=model.apply, params=trainable, batch_stats={}, tx=tx, frozen=frozen)
@@ -160,9 +162,9 @@ def _batch(seed: int):
           "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
 
 
-@pytest.mark.parametrize("granularity", share.GRANULARITIES)
-def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero(granularity):
-  state, shared = _finetune_state(granularity=granularity)
+@pytest.mark.parametrize("granularity, vector_size", [(g, 1) for g in share.GRANULARITIES] + [("tensor", 3)])
+def test_finetuning_moves_only_codebooks_and_keeps_pruned_weights_at_zero(granularity, vector_size):
+  state, shared = _finetune_state(granularity=granularity, vector_size=vector_size)
   for step in range(3):
     state, _ = train.train_step(state, _batch(step), jax.random.key(0))
   _, frozen = share.split(shared)
@@ -200,6 +202,11 @@ def test_materialisation_is_traced_once_for_all_steps():
     ({"max_iterations": 0}, "share.max_iterations=0"),
     ({"granularity": "row"}, "share.granularity='row'; valid: tensor, channel, group"),
     ({"granularity": "group", "group_size": 0}, "share.group_size=0; valid: an integer >= 1"),
+    ({"vector_size": 0}, "share.vector_size=0; valid: an integer 1..16"),
+    ({"vector_size": 17, "init": "kmeans++"}, "share.vector_size=17; valid: an integer 1..16"),
+    ({"vector_size": 2, "init": "kmeans++", "granularity": "channel"},
+     "share.granularity='channel'; valid: share.granularity='tensor'"),
+    ({"vector_size": 2}, "share.init='linear' is 1-D; valid with share.vector_size=2: kmeans"),
 ])
 def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -244,3 +251,62 @@ def test_shared_train_state_needs_no_batch_stats_and_the_default_optimizer_train
   after = state.apply_gradients(grads=grads).params
   chex.assert_trees_all_equal(after["ip1"]["bias"], trainable["ip1"]["bias"])
   assert not np.array_equal(after["ip1"]["kernel"], trainable["ip1"]["kernel"])
+
+
+def _pruned_conv(shape=(3, 3, 5, 6), kept: float = 0.4, seed: int = 0):
+  """A pruned conv kernel whose fan-in (3 * 3 * 5 = 45) no vector size > 1 here divides."""
+  rng = np.random.default_rng(seed)
+  mask = rng.random(shape) < kept
+  return {"conv": {"kernel": jnp.asarray(np.where(mask, rng.normal(size=shape), 0.0).astype(np.float32))}}, \
+      {"conv": {"kernel": jnp.asarray(mask)}}
+
+
+def test_vector_size_1_is_the_scalar_path_bit_for_bit():
+  _, params, masks = _pruned_lenet()
+  scalar, scalar_rows = share.quantize(params, masks, share.Plan(k=16))
+  ones, one_rows = share.quantize(params, masks, share.Plan(k=16, vector_size=1))
+  chex.assert_trees_all_equal(ones, scalar)
+  kernels = [leaf for leaf in jax.tree.leaves(ones, is_leaf=share.is_shared) if share.is_shared(leaf)]
+  assert one_rows == scalar_rows and kernels and all(kernel.vector_size == 1 for kernel in kernels)
+
+
+@pytest.mark.parametrize("d", [2, 4, 5, 9])  # 45 inputs: 5 and 9 divide them, 2 and 4 leave a padded last vector.
+def test_vector_quantize_gives_a_codebook_of_vectors_and_an_index_per_vector(d):
+  params, masks = _pruned_conv()
+  shared, rows = share.quantize(params, masks, share.Plan(k=8, vector_size=d, init="kmeans++"))
+  kernel = shared["conv"]["kernel"]
+  chex.assert_shape(kernel.codebook, (8, d))
+  chex.assert_shape(kernel.indices, (6, -(-45 // d)))
+  x, m = share.vectors(np.asarray(params["conv"]["kernel"]), d), share.vectors(np.asarray(masks["conv"]["kernel"]), d)
+  assert np.all(np.asarray(kernel.indices)[~m.any(-1)] == 0) and rows[0]["vectors"] == int(m.any(-1).sum())
+  expected = np.where(m, np.asarray(kernel.codebook)[np.asarray(kernel.indices)], 0.0)  # codebook[index][j] * mask.
+  np.testing.assert_array_equal(share.vectors(np.asarray(kernel.materialize()), d), expected)
+  np.testing.assert_allclose(np.sum((expected - x) ** 2), rows[0]["inertia"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("reduction", share.REDUCTIONS)
+@pytest.mark.parametrize("with_kept_weights", [False, True])
+@pytest.mark.parametrize("d", [2, 4])
+def test_vector_centroid_gradient_is_autodiff_of_the_masked_vector_gather(reduction, with_kept_weights, d):
+  params, masks = _pruned_conv()
+  kernel = share.quantize(params, masks, share.Plan(k=6, vector_size=d, init="random"))[0]["conv"]["kernel"]
+  codebook, indices, mask = kernel.codebook, kernel.indices, kernel.mask
+  kept = share.kept_weights(indices, mask, vector_size=d) if with_kept_weights else None
+  target = jax.random.normal(jax.random.key(1), mask.shape)
+
+  def loss(weights):
+    return jnp.sum(jnp.sin(weights * target))
+
+  def by_hand(c):  # codebook[index][j] * mask, laid back out as the kernel: autodiff's own gather.
+    padded = c[indices].reshape(6, -1)[:, :45].reshape(6, 3, 3, 5)
+    return jnp.moveaxis(padded, 0, -1) * mask
+
+  ours = jax.jit(jax.grad(lambda c: loss(share.lookup(c, indices, mask, reduction, kept, 0, d))))(codebook)
+  autodiff = jax.grad(lambda c: loss(by_hand(c)))(codebook)
+  if reduction == "mean":
+    counts = np.zeros((6, d))
+    np.add.at(counts, np.asarray(indices), share.vectors(np.asarray(mask), d))
+    autodiff = autodiff / np.maximum(counts, 1)
+  chex.assert_shape(ours, (6, d))
+  chex.assert_trees_all_close(ours, autodiff, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(ours)).max() > 0

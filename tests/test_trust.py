@@ -415,6 +415,7 @@ def test_every_shipped_config_passes_validation(name):
     ("share.max_iterations", 0, "share.max_iterations=0"),
     ("share.granularity", "row", "share.granularity='row' is not valid; valid: tensor, channel, group"),
     ("share.group_size", 0, "share.group_size=0 is not valid; valid: an integer >= 1"),
+    ("share.vector_size", 17, "share.vector_size=17 is not valid; valid: an integer 1..16"),
     ("codec.deflate", "yes", "codec.deflate='yes' is not valid; valid: True or False"),
     ("codec.codebook_dtype", "int8", "codec.codebook_dtype='int8' is not valid; valid: float32, float16"),
     ("distill.weight", 1.5, "distill.weight=1.5 is not valid; valid: a number >= 0 and <= 1"),
@@ -438,6 +439,9 @@ def test_each_field_is_checked_with_its_value_and_what_is_valid(field, value, me
     ({"data.augment": False, "data.crop_padding": 4}, "data.flip=False has no effect: data.augment=False"),
     ({"data.augment": False}, "data.crop_padding=2 has no effect: data.augment=False"),
     ({"share.group_size": 4}, "share.group_size=4 has no effect: share.granularity='tensor' has no groups"),
+    ({"share.granularity": "channel", "share.vector_size": 2},
+     "share.vector_size=2 has no effect: share.granularity='channel' has scalar codebooks per channel"),
+    ({"share.method": "dkm", "share.vector_size": 2}, "share.vector_size=2 has no effect: share.method='dkm'"),
 ])
 def test_a_setting_that_another_overrides_is_an_error_naming_both(changes, message):
   config = lenet300.get_config()
