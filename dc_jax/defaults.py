@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_epochs = 1
   config.train.param_sharding = "replicated"  # replicated | sharded: large arrays split over devices (FSDP-like).
 
-  config.stages = ("baseline", "pruned", "shared", "encoded")  # Which stages to run, in pipeline order; slimmed runs after baseline when channels.flops_fraction < 1.
+  config.stages = ("baseline", "pruned", "shared", "encoded")  # Stages to run, in order (slimmed: by channels.*).
   config.start_from = ""  # A workdir (or checkpoint folder) of a trained dense model: restored, not trained.
   config.redo_changed = False  # A rerun whose settings differ from a workdir's stages (config.json): stop, or True = delete and redo those stages.
 
@@ -66,8 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sensitivity.eval_batches = -1  # Test batches per evaluation; -1 = all.
 
   config.channels = ml_collections.ConfigDict()
-  config.channels.flops_fraction = 1.0  # < 1: stage slimmed (after baseline) removes a VGG's smallest-|gamma| channels to this FLOPs fraction; 1.0 = off.
-  config.channels.scope = "global"  # global (one |gamma| threshold over all layers, network slimming) | layer (each layer the same fraction).
+  config.channels.flops_fraction = 1.0  # < 1: stage slimmed cuts a VGG's smallest-|gamma| channels to this FLOPs share.
+  config.channels.scope = "global"  # global (one |gamma| threshold, network slimming) | layer (same share each).
   config.channels.multiple = 1  # Each conv keeps a multiple of this many channels, or all of them (8: faster convs on CPU).
   config.channels.epochs = 2  # Fine-tuning epochs of the shrunk VGG; the rest of the optimizer comes from train.*.
   config.channels.learning_rate = 0.005  # Fine-tuning rate, as a pruning round's retraining.
