@@ -7,8 +7,10 @@
 """
 
 import logging as std_logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,6 +45,19 @@ def own_info_only(record: std_logging.LogRecord) -> bool:
   return record.levelno >= std_logging.WARNING or Path(record.pathname).parent.name in ("dc_jax", ROOT.name)
 
 
+def end_with(message: str) -> NoReturn:
+  """Exits with status 1 and `message` as the last line on stderr: nothing is printed after it.
+
+  After a failed checkpoint write, orbax's other writer threads are still
+  failing; on a busy machine they outlive the main thread and print
+  tracebacks while the interpreter shuts down, after the line that says why.
+  """
+  stderr, sys.stderr = sys.stderr, open(os.devnull, "w")
+  stderr.write(f"error: {message}\n")
+  stderr.flush()
+  raise SystemExit(1)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -64,11 +79,11 @@ def main(argv: list[str]) -> None:
       return
     results = pipeline.run(config, workdir, command=" ".join(["python", *sys.argv]))
   except UserError as e:
-    sys.exit(f"error: {e}")
+    end_with(str(e))
   except OSError as e:
     if e.errno not in FULL_DISK:
       raise
-    sys.exit(f"error: {write_error(e.filename or workdir, 'a file', e)}")  # Metrics, figures: any file of the run.
+    end_with(str(write_error(e.filename or workdir, "a file", e)))  # Metrics, figures: any file of the run.
   for stage, entry in results["stages"].items():
     print(f"{stage}: test accuracy {entry['test_accuracy']:.4f}")
   print(f"results: {Path(workdir) / pipeline.RESULTS_FILE}")
