@@ -803,10 +803,9 @@ def _parse_record(body: memoryview, where: str, version: int = 1,
       codebook_dtype = np.dtype("<f4") if version == 1 else reader.dtype("f", version)
       if codebook_dtype.name not in CODEBOOK_DTYPES:
         raise DataError(f"{where}: codebook dtype {codebook_dtype}; valid: {', '.join(CODEBOOK_DTYPES)}")
-      rows, width = (groups, k) if groups else (k, vector_size) if kind == VECTOR else (1, k)
-      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * rows * width), codebook_dtype)
-      codebook = codebook.astype(codebook_dtype.newbyteorder("=")).reshape(
-          (groups, k) if groups else (k, vector_size) if kind == VECTOR else (k,))
+      codebook_shape = (groups, k) if groups else (k, vector_size) if kind == VECTOR else (k,)
+      codebook = _from_little_endian(reader.take(codebook_dtype.itemsize * math.prod(codebook_shape)), codebook_dtype)
+      codebook = codebook.astype(codebook_dtype.newbyteorder("=")).reshape(codebook_shape)
       (entries,) = reader.unpack("Q")
       weight_lengths, weight_payload = reader.stream()
       index_lengths, index_payload = reader.stream()

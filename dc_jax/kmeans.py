@@ -250,7 +250,7 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
     centroids = np.sort(np.where(counts == 0, centroids, np.diff(totals) / np.maximum(counts, 1)))
   members = np.diff(new_bounds)
   centroids, sums, members = centroids[members > 0], np.diff(totals)[members > 0], members[members > 0]
-  inertia = max(histogram.squares() - float(np.sum(centroids * (2 * sums - members * centroids))), 0.0)
+  inertia = max(_sum_of_squares(values) - float(np.sum(centroids * (2 * sums - members * centroids))), 0.0)
   labels = _labels(values, histogram.low, histogram.high, centroids)
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
@@ -306,10 +306,6 @@ class _Histogram:
     return (np.concatenate([[0], numbers, [self.values.size]]),
             np.concatenate([[0.0], totals, [self.sum_before[-1]]]))
 
-  def squares(self) -> float:
-    """sum(x^2) in float64: a float32's square is exact in float64, so only the additions round."""
-    return _sum_of_squares(self.values)
-
 
 SMALL = 4096  # Values up to which `_labels` counts thresholds below by numpy's binary search instead of jit.
 _BLOCK = 64  # Values per block of `_Prefix`: one float64 stored per block, the rest summed on demand.
@@ -319,6 +315,7 @@ _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memor
 def _sum_of_squares(values: np.ndarray) -> float:
   """sum(x^2) of float32 values in float64, a fixed-size chunk per jitted call (one compile for any size).
 
+  A float32's square is exact in float64, so only the additions round.
   numpy's float64 dot goes through a BLAS that is several times slower than
   XLA's fused widen-square-add, and much more so when the cores are busy.
   """

@@ -6,6 +6,7 @@ import os
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import chex
 import jax
@@ -610,13 +611,18 @@ def test_float16_narrows_every_row_of_a_grouped_codebook_and_reads_back_exactly(
   assert_same_leaves(codec.read(path), tree)
 
 
-def test_a_grouped_record_in_a_file_before_version_5_is_rejected(tmp_path):
-  content = bytearray(codec.encode(grouped_tree("channel"), metadata=METADATA)[0])
-  content[8:10] = struct.pack("<H", 3)
+def _as_version(content: bytes, version: int, path: Path) -> Path:
+  """The file `content` with the header's format version set to `version`, both checksums made right again."""
+  content = bytearray(content)
+  content[8:10] = struct.pack("<H", version)
   content[14:18] = struct.pack("<I", zlib.crc32(bytes(content[:14])))
   content[-4:] = struct.pack("<I", zlib.crc32(bytes(content[:-4])))
-  path = tmp_path / "bad.dcz"
   path.write_bytes(bytes(content))
+  return path
+
+
+def test_a_grouped_record_in_a_file_before_version_5_is_rejected(tmp_path):
+  path = _as_version(codec.encode(grouped_tree("channel"), metadata=METADATA)[0], 3, tmp_path / "bad.dcz")
   with pytest.raises(DataError, match="unknown record kind 4"):
     codec.read(path)
 
@@ -686,12 +692,7 @@ def test_files_without_vectors_keep_the_bytes_of_the_writer_before_vectors(metad
 
 
 def test_a_vector_record_in_a_file_before_version_6_is_rejected(tmp_path):
-  content = bytearray(codec.encode(vector_tree(2), metadata=METADATA)[0])
-  content[8:10] = struct.pack("<H", codec.GROUPED_VERSION)
-  content[14:18] = struct.pack("<I", zlib.crc32(bytes(content[:14])))
-  content[-4:] = struct.pack("<I", zlib.crc32(bytes(content[:-4])))
-  path = tmp_path / "bad.dcz"
-  path.write_bytes(bytes(content))
+  path = _as_version(codec.encode(vector_tree(2), metadata=METADATA)[0], codec.GROUPED_VERSION, tmp_path / "bad.dcz")
   with pytest.raises(DataError, match="unknown record kind 5"):
     codec.read(path)
 
