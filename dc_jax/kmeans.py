@@ -7,8 +7,9 @@ memory linear in n, no n x k distance matrix. The prefix sums are stored per
 block of 64 values and finished on demand (`_Prefix`). Empty clusters (the linear
 initialisation leaves many in the gap that pruning opens around zero) take
 over half of the cluster with the largest squared error, so every code is
-used. Labelling the original (unsorted) values is one jitted pass: a grid
-lookup, then a comparison with the few thresholds in the value's cell.
+used. Labelling the original (unsorted) values is one pass: a grid lookup,
+then a comparison with the few thresholds in the value's cell (jitted after
+the sort; a numpy gather over the histogram's cells on the histogram path).
 From HISTOGRAM_MIN values on, the sort itself is most of the time: Lloyd
 then starts on a histogram and finishes exactly (`_kmeans_on_histogram`).
 """
@@ -222,7 +223,9 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   few per cent of the values at most), and exact iterations continue: the count and sum
   below each threshold are those of the cells before it plus the exact part
   of its own cell. `converged` means, as from the sort, that an exact
-  iteration changed no assignment. None if the values fill k cells or fewer
+  iteration changed no assignment. The labels come from the histogram's
+  cells too, in the pass that pulls the final thresholds' cells for the
+  inertia. None if the values fill k cells or fewer
   (the sort handles few distinct values exactly).
   """
   histogram = _Histogram(values)
@@ -238,20 +241,20 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
     centroids = means[np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")]
   centroids, iterations, _, _ = _lloyd(means, prefix, lambda: np.concatenate([[0.0], np.cumsum(sums * sums / counts)]),
                                        centroids, max_iterations - 1, number)
-  bounds, converged = None, False
-  while True:
+  bounds = None
+  while iterations < max_iterations:
     new_bounds, totals = histogram.below(_thresholds(centroids))
     if bounds is not None and np.array_equal(new_bounds, bounds):
-      converged = True
-    if converged or iterations == max_iterations:
       break
     bounds, iterations = new_bounds, iterations + 1
     counts = np.diff(bounds)
     centroids = np.sort(np.where(counts == 0, centroids, np.diff(totals) / np.maximum(counts, 1)))
+  labels = histogram.labels(_thresholds(centroids))
+  new_bounds, totals = histogram.below(_thresholds(centroids))
+  converged = bounds is not None and np.array_equal(new_bounds, bounds)
   members = np.diff(new_bounds)
   centroids, sums, members = centroids[members > 0], np.diff(totals)[members > 0], members[members > 0]
   inertia = max(_sum_of_squares(values) - float(np.sum(centroids * (2 * sums - members * centroids))), 0.0)
-  labels = _labels(values, histogram.low, histogram.high, centroids)
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
@@ -281,18 +284,44 @@ class _Histogram:
     self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
 
   def _cells(self, values: np.ndarray) -> np.ndarray:
-    """`_grid` in numpy (faster than the jitted one for a single pass): monotone, the same for values and thresholds."""
+    """`_grid` in numpy, in place (faster than the jitted one for a single pass): the same for values and thresholds."""
     low, scale = self.grid
-    cells = ((values - low) * scale).astype(np.int32)
+    shifted = np.subtract(values, low, dtype=np.float32)
+    cells = np.multiply(shifted, scale, out=shifted).astype(np.int32)
     return np.clip(cells, 0, HISTOGRAM_CELLS - 1, out=cells)
 
   def _pull(self, cells: np.ndarray) -> None:
     """Adds these cells' values to the sorted values pulled out (one pass over all the values)."""
     near = (cells[:, None] + np.arange(-self._NEIGHBOURS, self._NEIGHBOURS + 1)).ravel()
     self.pulled[np.clip(near, 0, HISTOGRAM_CELLS - 1)] = True
-    self.exact = np.sort(self.values[self.pulled[self.cells]])
+    self._keep(self.values[self.pulled[self.cells]])
+
+  def _keep(self, pulled_values: np.ndarray) -> None:
+    """Sorts the values of the cells marked in `pulled` (all of them) and sums them for `below`."""
+    self.exact = np.sort(pulled_values)
     self.exact_prefix = np.concatenate([[0.0], np.cumsum(self.exact, dtype=np.float64)])
     self.exact_before = np.concatenate([[0], np.cumsum(self.counts * self.pulled)])
+
+  def labels(self, thresholds: np.ndarray) -> np.ndarray:
+    """Each value's count of thresholds below it, in one pass over the cells; pulls exactly the thresholds' cells.
+
+    A threshold in an earlier cell is below every value of a cell, one in a
+    later cell above it: a table over the cells gives the label, except in
+    a threshold's own cell (marked -1), where a binary search does. Those
+    values are the ones `below` needs at these thresholds, so they replace
+    the pulled ones. No jit: nothing to compile, and the gather is as fast.
+    """
+    cells = self._cells(thresholds)
+    table = np.cumsum(np.bincount(cells + 1, minlength=HISTOGRAM_CELLS + 1)[:HISTOGRAM_CELLS]).astype(np.int32)
+    table[cells] = -1  # Threshold cells.
+    labels = np.take(table, self.cells)
+    inside = np.flatnonzero(labels < 0)
+    inside_values = self.values[inside]
+    labels[inside] = np.searchsorted(thresholds, inside_values, side="left")
+    self.pulled[:] = False
+    self.pulled[cells] = True
+    self._keep(inside_values)
+    return labels
 
   def below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cluster bounds and the sums of the values before each: [0, #(x <= t_1), ..., n] and [0, ..., sum(x)]."""
@@ -313,26 +342,14 @@ _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memor
 
 
 def _sum_of_squares(values: np.ndarray) -> float:
-  """sum(x^2) of float32 values in float64, a fixed-size chunk per jitted call (one compile for any size).
+  """sum(x^2) of float32 values in float64, a fixed-size chunk at a time (bounded memory).
 
-  A float32's square is exact in float64, so only the additions round.
-  numpy's float64 dot goes through a BLAS that is several times slower than
-  XLA's fused widen-square-add, and much more so when the cores are busy.
+  A float32's square is exact in float64, so only the additions round
+  (pairwise, in numpy's sum). A float64 dot would go through a BLAS that is
+  several times slower, and much more so when the cores are busy.
   """
-  total = 0.0
-  with jax.enable_x64(True):
-    for start in range(0, values.size, _SQUARES_CHUNK):
-      chunk = values[start:start + _SQUARES_CHUNK]
-      if chunk.size < _SQUARES_CHUNK:
-        chunk = np.concatenate([chunk, np.zeros(_SQUARES_CHUNK - chunk.size, np.float32)])
-      total += float(_chunk_squares(chunk))
-  return total
-
-
-@jax.jit
-def _chunk_squares(chunk: jax.Array) -> jax.Array:
-  wide = chunk.astype(jnp.float64)
-  return jnp.sum(wide * wide)
+  return float(sum(np.square(values[start:start + _SQUARES_CHUNK], dtype=np.float64).sum()
+                   for start in range(0, values.size, _SQUARES_CHUNK)))
 
 
 class _Prefix:
