@@ -284,10 +284,14 @@ class _Histogram:
     self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
 
   def _cells(self, values: np.ndarray) -> np.ndarray:
-    """`_grid` in numpy, in place (faster than the jitted one for a single pass): the same for values and thresholds."""
+    """`_grid` in numpy (faster than the jitted one for a single pass): the same for values and thresholds.
+
+    As intp, the index type of bincount, take and fancy indexing: given
+    int32, each of them first copies the 16.8M cells to it.
+    """
     low, scale = self.grid
     shifted = np.subtract(values, low, dtype=np.float32)
-    cells = np.multiply(shifted, scale, out=shifted).astype(np.int32)
+    cells = np.multiply(shifted, scale, out=shifted).astype(np.intp)
     return np.clip(cells, 0, HISTOGRAM_CELLS - 1, out=cells)
 
   def _pull(self, cells: np.ndarray) -> None:
