@@ -263,10 +263,13 @@ class _Histogram:
 
   `below` pulls out and sorts the values of the cells its thresholds fall in
   (and of their neighbours, where the next iterations' thresholds will
-  likely fall), once; everything else is read off the cells' prefix sums.
+  likely fall); everything else is read off the cells' prefix sums. Each
+  pull is a pass over all the values, so each one reaches twice as far as
+  the last: thresholds that creep for hundreds of exact iterations cost a
+  few passes, not one every few iterations.
   """
 
-  _NEIGHBOURS = 8  # Cells pulled out on each side of a threshold's cell.
+  _NEIGHBOURS = 8  # Cells pulled out on each side of a threshold's cell, at the first pull.
 
   def __init__(self, values: np.ndarray):
     self.values = values
@@ -280,7 +283,7 @@ class _Histogram:
     self.sums = np.bincount(self.cells, weights=values, minlength=HISTOGRAM_CELLS)
     self.number_before = np.concatenate([[0], np.cumsum(self.counts)])
     self.sum_before = np.concatenate([[0.0], np.cumsum(self.sums)])
-    self.pulled = np.zeros(HISTOGRAM_CELLS, bool)
+    self.pulled, self.reach = np.zeros(HISTOGRAM_CELLS, bool), self._NEIGHBOURS
     self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
 
   def _cells(self, values: np.ndarray) -> np.ndarray:
@@ -296,7 +299,8 @@ class _Histogram:
 
   def _pull(self, cells: np.ndarray) -> None:
     """Adds these cells' values to the sorted values pulled out (one pass over all the values)."""
-    near = (cells[:, None] + np.arange(-self._NEIGHBOURS, self._NEIGHBOURS + 1)).ravel()
+    near = (cells[:, None] + np.arange(-self.reach, self.reach + 1)).ravel()
+    self.reach *= 2
     self.pulled[np.clip(near, 0, HISTOGRAM_CELLS - 1)] = True
     self._keep(self.values[self.pulled[self.cells]])
 
