@@ -183,23 +183,28 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
 
 
 def _lloyd(points: np.ndarray, prefix: Any, squares_of: Callable[[], Any], centroids: np.ndarray,
-           max_iterations: int, number: np.ndarray | None = None) -> tuple[np.ndarray, int, bool, Any]:
+           max_iterations: int, number: np.ndarray | None = None,
+           bounds_of: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, int, bool, Any]:
   """Lloyd iterations over sorted points until the clusters stop changing: (centroids, iterations, converged, squares).
 
   `prefix[p]` sums the first p points' values, `number[p]` counts the values
   they stand for (None: p, one value a point); `squares_of()` gives prefix
-  sums of squares, built only if a cluster empties.
+  sums of squares, built only if a cluster empties. `bounds_of(centroids)`,
+  if given, must equal `_cluster_bounds(points, centroids)`, only faster.
   """
+  bounds_of = bounds_of or functools.partial(_cluster_bounds, points)
   bounds, squares, converged, iterations = None, None, False, 0
   while iterations < max_iterations:
-    new_bounds = _cluster_bounds(points, centroids)
+    new_bounds = bounds_of(centroids)
     if bounds is not None and np.array_equal(new_bounds, bounds):
       converged = True
       break
     bounds, iterations = new_bounds, iterations + 1
-    counts = np.diff(bounds if number is None else number[bounds])
+    ends = bounds if number is None else number[bounds]
+    counts = ends[1:] - ends[:-1]
     empty = counts == 0
-    means = np.diff(prefix[bounds]) / np.maximum(counts, 1)  # One lookup per bound, shared by two clusters.
+    sums = prefix[bounds]  # One lookup per bound, shared by two clusters.
+    means = (sums[1:] - sums[:-1]) / np.maximum(counts, 1)
     centroids = np.where(empty, centroids, means)
     if empty.any():
       if squares is None:
@@ -240,7 +245,7 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   else:  # "density": the values at k evenly spaced ranks, each read as its cell's mean.
     centroids = means[np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")]
   centroids, iterations, _, _ = _lloyd(means, prefix, lambda: np.concatenate([[0.0], np.cumsum(sums * sums / counts)]),
-                                       centroids, max_iterations - 1, number)
+                                       centroids, max_iterations - 1, number, histogram.cell_bounds(means, occupied))
   bounds = None
   while iterations < max_iterations:
     new_bounds, totals = histogram.below(_thresholds(centroids))
@@ -309,6 +314,22 @@ class _Histogram:
     self.exact = np.sort(pulled_values)
     self.exact_prefix = np.concatenate([[0.0], np.cumsum(self.exact, dtype=np.float64)])
     self.exact_before = np.concatenate([[0], np.cumsum(self.counts * self.pulled)])
+
+  def cell_bounds(self, means: np.ndarray, occupied: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """`_cluster_bounds` over the occupied cells' means, by the grid instead of a binary search over a million.
+
+    The grid is monotone, so the means below a threshold are those of the
+    occupied cells before its cell, and its own cell's if not above it.
+    """
+    occupied_through = np.cumsum(self.counts > 0)
+    own = np.full(HISTOGRAM_CELLS, -np.inf)
+    own[occupied] = means
+
+    def bounds_of(centroids: np.ndarray) -> np.ndarray:
+      thresholds = _thresholds(centroids)
+      cells = self._cells(thresholds)
+      return np.concatenate([[0], occupied_through[cells] - (own[cells] > thresholds), [occupied.size]])
+    return bounds_of
 
   def labels(self, thresholds: np.ndarray) -> np.ndarray:
     """Each value's count of thresholds below it, in one pass over the cells; pulls exactly the thresholds' cells.
