@@ -216,6 +216,7 @@ def _lloyd(points: np.ndarray, prefix: Any, squares_of: Callable[[], Any], centr
 HISTOGRAM_MIN = 1 << 22  # Values from which clustering starts on a histogram, not a sort (`_kmeans_on_histogram`).
 HISTOGRAM_CELLS = 1 << 20  # Cells of that histogram.
 HISTOGRAM_INITS = ("linear", "density")  # The others draw from the sorted values, so they always sort.
+_GRID_CHUNK = 1 << 17  # Values put on the histogram's grid at a time.
 
 
 def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: int) -> KMeansResult | None:
@@ -295,12 +296,17 @@ class _Histogram:
     """`_grid` in numpy (faster than the jitted one for a single pass): the same for values and thresholds.
 
     As intp, the index type of bincount, take and fancy indexing: given
-    int32, each of them first copies the 16.8M cells to it.
+    int32, each of them first copies the 16.8M cells to it. A chunk at a
+    time, so the float32 temporaries stay in cache.
     """
     low, scale = self.grid
-    shifted = np.subtract(values, low, dtype=np.float32)
-    cells = np.multiply(shifted, scale, out=shifted).astype(np.intp)
-    return np.clip(cells, 0, HISTOGRAM_CELLS - 1, out=cells)
+    cells = np.empty(values.size, np.intp)
+    for start in range(0, values.size, _GRID_CHUNK):
+      shifted = np.subtract(values[start:start + _GRID_CHUNK], low, dtype=np.float32)
+      chunk = cells[start:start + _GRID_CHUNK]
+      chunk[...] = np.multiply(shifted, scale, out=shifted)  # Truncated towards zero, as by astype.
+      np.minimum(np.maximum(chunk, 0, out=chunk), HISTOGRAM_CELLS - 1, out=chunk)
+    return cells
 
   def _pull(self, cells: np.ndarray) -> None:
     """Adds these cells' values to the sorted values pulled out (one pass over all the values)."""
