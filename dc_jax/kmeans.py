@@ -259,6 +259,8 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   new_bounds, totals = histogram.below(_thresholds(centroids))
   converged = bounds is not None and np.array_equal(new_bounds, bounds)
   members = np.diff(new_bounds)
+  if not members.all():  # Centroids left without members are dropped: the labels above each move down one.
+    labels = np.take((np.cumsum(members > 0) - 1).astype(np.int32), labels)
   centroids, sums, members = centroids[members > 0], np.diff(totals)[members > 0], members[members > 0]
   inertia = max(_sum_of_squares(values) - float(np.sum(centroids * (2 * sums - members * centroids))), 0.0)
   return KMeansResult(centroids, labels, inertia, iterations, converged)

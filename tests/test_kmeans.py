@@ -160,6 +160,15 @@ def test_the_histogram_path_stops_at_the_iteration_cap_with_a_consistent_result(
   assert result.inertia < _sorted_path(values, 64, max_iterations=1).inertia
 
 
+def test_the_histogram_paths_labels_index_the_centroids_left_after_empty_ones_are_dropped(small_histogram):
+  values = np.random.default_rng(0).standard_normal(20_000).astype(np.float32)
+  result = kmeans.kmeans_1d(values, 32, max_iterations=1)  # One linear centroid in a tail is left empty.
+  assert result.centroids.size == 31
+  np.testing.assert_array_equal(result.labels, np.searchsorted(kmeans._thresholds(result.centroids), values))
+  errors = np.square(values - result.centroids[result.labels])
+  assert result.inertia == pytest.approx(errors.sum(), rel=1e-9)
+
+
 def test_starts_drawn_from_the_values_and_few_occupied_cells_take_the_sort(small_histogram):
   values = _pruned_like(40_000, seed=3)
   for init in ("random", "kmeans++"):
