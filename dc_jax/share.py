@@ -235,6 +235,7 @@ class Plan:
   bits: int = 0  # 2**bits clusters per layer instead of k; 0 = k decides.
   layer_bits: Sequence[tuple[str, int]] = ()  # (regex, bits) pairs, first fullmatch wins, before bits / k.
   granularity: str = "tensor"  # tensor (one codebook, the paper's) | channel | group (of group_size channels).
+  layer_granularity: Sequence[tuple[str, str]] = ()  # (regex, granularity) pairs, first fullmatch wins, before it.
   group_size: int = 8  # granularity="group": output channels per codebook; the last group may be smaller.
   vector_size: int = 1  # Weights per index (vector k-means, granularity tensor only); 1 = the paper's scalars.
 
@@ -259,6 +260,11 @@ class Plan:
       raise ConfigError(f"share.max_iterations={self.max_iterations!r}; valid: >= 1")
     if self.granularity not in GRANULARITIES:
       raise ConfigError(f"share.granularity={self.granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    for rule in self.layer_granularity:
+      if not (isinstance(rule, Sequence) and len(rule) == 2 and isinstance(rule[0], str)
+              and rule[1] in GRANULARITIES):
+        raise ConfigError(f"share.layer_granularity has {tuple(rule) if isinstance(rule, list) else rule!r}; "
+                          f"valid: (regex, granularity) pairs, granularity one of {', '.join(GRANULARITIES)}")
     if not (isinstance(self.group_size, numbers.Integral) and not isinstance(self.group_size, bool)
             and self.group_size >= 1):
       raise ConfigError(f"share.group_size={self.group_size!r}; valid: an integer >= 1")
@@ -268,27 +274,36 @@ class Plan:
     if self.vector_size > 1 and self.granularity != "tensor":
       raise ConfigError(f"share.vector_size={self.vector_size} clusters a tensor's vectors in one codebook; "
                         f"share.granularity={self.granularity!r}; valid: share.granularity='tensor'")
+    if self.vector_size > 1 and any(granularity != "tensor" for _, granularity in self.layer_granularity):
+      raise ConfigError(f"share.vector_size={self.vector_size} clusters a tensor's vectors in one codebook; "
+                        f"share.layer_granularity={tuple(map(tuple, self.layer_granularity))!r}; "
+                        f"valid: share.layer_granularity=() or every granularity 'tensor'")
     if self.vector_size > 1 and self.init not in vector_kmeans.INITS:
       raise ConfigError(f"share.init={self.init!r} is 1-D; valid with share.vector_size={self.vector_size}: "
                         f"{', '.join(vector_kmeans.INITS)}")
 
-  @property
-  def channels_per_codebook(self) -> int:
-    """SharedKernel.group_size: 0 = one codebook per tensor, else output channels per codebook row."""
-    return {"tensor": 0, "channel": 1, "group": int(self.group_size)}[self.granularity]
+  def granularity_of(self, name: str) -> str:
+    """The layer at path `name`'s granularity: the first layer_granularity rule that fullmatches, else granularity."""
+    return rules.value_for((*self.layer_granularity, (".*", self.granularity)), name, "share.layer_granularity")
+
+  def channels_per_codebook(self, name: str) -> int:
+    """The layer's SharedKernel.group_size: 0 = one codebook per tensor, else output channels per codebook row."""
+    return {"tensor": 0, "channel": 1, "group": int(self.group_size)}[self.granularity_of(name)]
 
   def clusters(self, name: str) -> int:
     return int(rules.value_for(self.k, name, "share cluster counts"))
 
 
-def _cluster(weights: np.ndarray, mask: np.ndarray, k: int, plan: Plan) -> tuple[np.ndarray, np.ndarray, dict]:
-  """One layer's (codebook, indices, row) in float32 as the plan's granularity asks, from its kept weights.
+def _cluster(weights: np.ndarray, mask: np.ndarray, k: int, plan: Plan,
+             group_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+  """One layer's (codebook, indices, row) in float32, from its kept weights, at its granularity.
+
+  `group_size` is the layer's output channels per codebook (Plan.channels_per_codebook; 0 = one codebook).
 
   A codebook per group: each group is clustered alone, and rows with fewer
   distinct kept values than the widest row are padded with their last
   centroid (zeros for a group without kept weights), which no index uses.
   """
-  group_size = plan.channels_per_codebook
   if plan.vector_size > 1:
     return _cluster_vectors(weights, mask, k, plan)
   indices = np.zeros(weights.shape, index_dtype(k))
@@ -354,7 +369,8 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"share.patterns selects {name}, of {dtype}; valid: floating weights only")
     weights, mask = np.asarray(weights, np.float32), np.asarray(mask, bool)
-    codebook, indices, stats = _cluster(weights, mask, k, plan)
+    group_size = plan.channels_per_codebook(name)
+    codebook, indices, stats = _cluster(weights, mask, k, plan, group_size)
     if dtype != np.float32:  # Rows of vectors are not sorted: their order is their indices'.
       codebook = codebook.astype(dtype) if plan.vector_size > 1 else np.sort(codebook.astype(dtype), axis=-1)
     fewest = stats.pop("fewest")
@@ -367,7 +383,7 @@ def quantize(params: Params, masks: prune.Masks, plan: Plan) -> tuple[Params, li
       _log.warning("share: %s has %d distinct surviving values (in its sparsest codebook), fewer than k=%d: "
                    "one centroid each", name, fewest, k)
     return SharedKernel(codebook=jnp.asarray(codebook), indices=jnp.asarray(indices), mask=jnp.asarray(mask),
-                        group_size=plan.channels_per_codebook, vector_size=plan.vector_size)
+                        group_size=group_size, vector_size=plan.vector_size)
 
   shared = jax.tree_util.tree_map_with_path(share_leaf, params, masks, selected)
   return shared, rows

@@ -103,6 +103,30 @@ def test_granular_quantize_gives_a_codebook_row_per_group_with_local_indices(gra
     np.testing.assert_array_equal(codebook[8], np.full(4, weights[0, 8]))
 
 
+def test_layer_granularity_gives_matching_layers_their_codebooks_and_the_others_the_default():
+  rng = np.random.default_rng(2)
+  shapes = {"conv1": (3, 3, 2, 6), "conv10": (3, 3, 6, 5), "fc": (20, 4)}
+  params = {name: {"kernel": jnp.asarray(rng.standard_normal(shape), jnp.float32)} for name, shape in shapes.items()}
+  masks = {name: {"kernel": jnp.asarray(rng.random(shape) < 0.7)} for name, shape in shapes.items()}
+  plan = share.Plan(k=4, granularity="tensor", layer_granularity=(("conv1/.*", "channel"),))
+  shared, rows = share.quantize(params, masks, plan)
+  assert {name: shared[name]["kernel"].group_size for name in shapes} == {"conv1": 1, "conv10": 0, "fc": 0}
+  assert {name: shared[name]["kernel"].codebook.shape for name in shapes} == {
+      "conv1": (6, 4), "conv10": (4,), "fc": (4,)}
+  assert [row["codebooks"] for row in rows] == [6, 1, 1]
+  # The first match wins, and the rest fall back to granularity (here group, of 2 channels: 6 = 2 + 2 + 2).
+  plan = share.Plan(k=4, granularity="group", group_size=2,
+                    layer_granularity=[("fc/.*", "tensor"), (".*", "channel"), ("conv1/.*", "tensor")])
+  assert [plan.channels_per_codebook(f"{name}/kernel") for name in shapes] == [1, 1, 0]
+  assert share.Plan(granularity="group", group_size=2).channels_per_codebook("conv1/kernel") == 2
+  for name, layer in share.quantize(params, masks, plan)[0].items():
+    kernel, mask = layer["kernel"], np.asarray(masks[name]["kernel"])
+    assert kernel.group_size == plan.channels_per_codebook(f"{name}/kernel")
+    for channel in range(shapes[name][-1]):  # Each channel's kept weights are its own row's centroids.
+      row = np.asarray(kernel.codebook)[channel // kernel.group_size] if kernel.group_size else kernel.codebook
+      assert np.isin(np.asarray(kernel.materialize())[..., channel][mask[..., channel]], row).all()
+
+
 def test_a_codebook_per_channel_clusters_at_least_as_well_as_one_per_tensor():
   rng = np.random.default_rng(1)
   params = {"fc": {"kernel": jnp.asarray(rng.standard_normal((200, 16)) * rng.uniform(0.1, 3, 16), jnp.float32)}}
@@ -207,6 +231,12 @@ def test_materialisation_is_traced_once_for_all_steps():
     ({"vector_size": 2, "init": "kmeans++", "granularity": "channel"},
      "share.granularity='channel'; valid: share.granularity='tensor'"),
     ({"vector_size": 2}, "share.init='linear' is 1-D; valid with share.vector_size=2: kmeans"),
+    ({"layer_granularity": [("conv1.*", "row")]},
+     "share.layer_granularity has ('conv1.*', 'row'); valid: (regex, granularity) pairs, "
+     "granularity one of tensor, channel, group"),
+    ({"layer_granularity": [("conv1.*",)]}, "share.layer_granularity has ('conv1.*',); valid"),
+    ({"vector_size": 2, "init": "kmeans++", "layer_granularity": [("fc.*", "tensor"), ("conv1.*", "group")]},
+     "share.layer_granularity=(('fc.*', 'tensor'), ('conv1.*', 'group')); valid: share.layer_granularity=() or"),
 ])
 def test_bad_plan_is_a_config_error_naming_the_field(fields, message):
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
