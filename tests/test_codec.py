@@ -560,14 +560,15 @@ def test_a_bad_deflated_file_fails_in_one_line_naming_the_file(tmp_path, model_f
     codec.read(path)
 
 
-def grouped_tree(granularity: str, seed: int = 0) -> dict:
+def grouped_tree(granularity: str, seed: int = 0, layer_granularity: tuple = ()) -> dict:
   """`mixed_tree`'s parameters shared anew at `granularity` (groups of 5 channels: 16 = 5 + 5 + 5 + 1)."""
   params = mixed_tree(seed)["params"]
   kernels = {name: layer["kernel"] for name, layer in params.items() if "kernel" in layer}
   weights = {name: {"kernel": jnp.asarray(kernel.materialize()) + 0.01 * jnp.arange(kernel.mask.shape[-1])}
              for name, kernel in kernels.items()}  # Channels of different values, so that rows differ.
   masks = {name: {"kernel": jnp.asarray(kernel.mask)} for name, kernel in kernels.items()}
-  shared, _ = share.quantize(weights, masks, share.Plan(k=16, granularity=granularity, group_size=5))
+  shared, _ = share.quantize(weights, masks, share.Plan(k=16, granularity=granularity, group_size=5,
+                                                        layer_granularity=layer_granularity))
   return {"params": shared, "batch_stats": mixed_tree(seed)["batch_stats"]}
 
 
@@ -588,6 +589,23 @@ def test_each_granularity_round_trips_bit_for_bit(tmp_path, granularity, metadat
   version = struct.unpack("<H", inner[8:10])[0]
   assert version == (codec.GROUPED_VERSION if granularity != "tensor" else 1 if metadata is None else 3)
   assert codec.read_metadata(path) == (metadata if metadata is not None or granularity == "tensor" else {})
+  dense = codec.read(path, dense=True)
+  for name, layer in tree["params"].items():
+    np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_a_granularity_per_layer_round_trips_bit_for_bit(tmp_path, deflate):
+  tree = grouped_tree("tensor", layer_granularity=(("conv1/.*", "channel"), ("head/.*", "group")))
+  assert {name: layer["kernel"].codebook.shape for name, layer in tree["params"].items()} == {
+      "conv1": (16, 16), "fc1": (16,), "head": (2, 16)}  # head's 10 channels in groups of 5.
+  path = tmp_path / "model.dcz"
+  codec.write(path, tree, "auto", METADATA, deflate)
+  back = codec.read(path)
+  assert_same_leaves(back, tree)
+  assert {name: layer["kernel"].group_size for name, layer in back["params"].items()} == {
+      "conv1": 1, "fc1": 0, "head": 5}
+  assert struct.unpack("<H", codec._inflated(memoryview(path.read_bytes()), path)[8:10])[0] == codec.GROUPED_VERSION
   dense = codec.read(path, dense=True)
   for name, layer in tree["params"].items():
     np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
@@ -657,8 +675,7 @@ def test_vectors_round_trip_bit_for_bit_and_decode_dense_to_the_shared_kernels(t
   assert struct.unpack("<H", inner[8:10])[0] == codec.VECTOR_VERSION and codec.read_metadata(path) == {}
   dense = codec.read(path, dense=True)
   for name, layer in tree["params"].items():
-    if "kernel" in layer:
-      np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
+    np.testing.assert_array_equal(dense["params"][name]["kernel"], np.asarray(layer["kernel"].materialize()))
 
 
 def test_escaped_fields_mark_fillers_by_the_top_field_alone():
