@@ -102,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.patterns = (r".*kernel",)  # Regexes (fullmatch) over parameter paths: what is shared.
   config.share.init = "linear"  # linear (the paper's best) | density | random | kmeans++.
   config.share.granularity = "tensor"  # One codebook per: tensor (the paper's) | channel (output channel) | group.
+  config.share.layer_granularity = ()  # ((regex, granularity), ...): per-layer, first match wins, before granularity.
   config.share.group_size = 8  # granularity=group: consecutive output channels per codebook; the last may be fewer.
   config.share.vector_size = 1  # > 1: one index per d consecutive weights of a neuron, [k, d] codebook (init kmeans++ | random).
   config.share.max_iterations = 1000  # Lloyd iterations at most per layer.

@@ -81,7 +81,9 @@ def sharing_plan(config: ml_collections.ConfigDict, seed: int = 0) -> share.Plan
   """The `share.*` fields as a checked share.Plan: per-layer bits first, then bits, then k."""
   return share.Plan(k=config.k, bits=config.bits, layer_bits=tuple(tuple(rule) for rule in config.layer_bits),
                     init=config.init, max_iterations=config.max_iterations, patterns=tuple(config.patterns),
-                    seed=seed, granularity=config.granularity, group_size=config.group_size,
+                    seed=seed, granularity=config.granularity,
+                    layer_granularity=tuple(tuple(rule) for rule in config.layer_granularity),
+                    group_size=config.group_size,
                     vector_size=config.vector_size)
 
 

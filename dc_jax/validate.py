@@ -130,6 +130,10 @@ FIELDS: dict[str, Rule] = {
     "distill.temperature": POSITIVE,
     "share.max_iterations": integer(1),
     "share.granularity": one_of(*share.GRANULARITIES),
+    "share.layer_granularity": Rule(lambda v: isinstance(v, (tuple, list)) and all(
+        isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+        and one_of(*share.GRANULARITIES).holds(rule[1]) for rule in v),
+                                    f"((regex, granularity), ...), granularity one of {', '.join(share.GRANULARITIES)}"),
     "share.group_size": integer(1),
     "share.vector_size": Rule(lambda v: _is_integer(v) and 1 <= v <= share.MAX_VECTOR_SIZE,
                               f"an integer 1..{share.MAX_VECTOR_SIZE}"),
@@ -142,6 +146,11 @@ FIELDS: dict[str, Rule] = {
     "share.learning_rate": POSITIVE,
     "share.lr_schedule": one_of(*LR_SCHEDULES),
 }
+
+
+def _layer_groups(config: ml_collections.ConfigDict) -> bool:
+  """Whether a share.layer_granularity rule asks for groups of channels (and so reads share.group_size)."""
+  return any(granularity == "group" for _, granularity in config.share.get("layer_granularity", ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +174,16 @@ OVERRIDES = (
              lambda c: "share.method='dkm' trains the weights, not codebooks; valid: with share.method=paper only"),
     Override("share.granularity", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' clusters each layer as one tensor; valid: with share.method=paper only"),
+    Override("share.layer_granularity", lambda c: c.share.method == "dkm",
+             lambda c: "share.method='dkm' clusters each layer as one tensor; valid: with share.method=paper only"),
     Override("share.vector_size", lambda c: c.share.method == "dkm",
              lambda c: "share.method='dkm' clusters scalars; valid: with share.method=paper only"),
     Override("share.vector_size", lambda c: c.share.granularity != "tensor",
              lambda c: f"share.granularity={c.share.granularity!r} has scalar codebooks per channel; "
                        f"valid: with share.granularity='tensor' only"),
-    Override("share.group_size", lambda c: c.share.granularity != "group",
-             lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels; "
-                       f"valid: with share.granularity='group' only"),
+    Override("share.group_size", lambda c: c.share.granularity != "group" and not _layer_groups(c),
+             lambda c: f"share.granularity={c.share.granularity!r} has no groups of channels, nor has any "
+                       f"share.layer_granularity rule; valid: with granularity 'group' there or in a rule only"),
     Override("train.nesterov", lambda c: c.train.optimizer != "sgd",
              lambda c: f"train.optimizer={c.train.optimizer!r} has no Nesterov momentum; valid: with sgd only"),
     Override("prune.quality", lambda c: c.prune.criterion != "threshold",

@@ -415,6 +415,9 @@ def test_every_shipped_config_passes_validation(name):
     ("share.max_iterations", 0, "share.max_iterations=0"),
     ("share.granularity", "row", "share.granularity='row' is not valid; valid: tensor, channel, group"),
     ("share.group_size", 0, "share.group_size=0 is not valid; valid: an integer >= 1"),
+    ("share.layer_granularity", (("ip1.*", "row"),), "share.layer_granularity=(('ip1.*', 'row'),) is not valid; "
+     "valid: ((regex, granularity), ...), granularity one of tensor, channel, group"),
+    ("share.layer_granularity", ("channel",), "share.layer_granularity=('channel',) is not valid"),
     ("share.vector_size", 17, "share.vector_size=17 is not valid; valid: an integer 1..16"),
     ("codec.deflate", "yes", "codec.deflate='yes' is not valid; valid: True or False"),
     ("codec.codebook_dtype", "int8", "codec.codebook_dtype='int8' is not valid; valid: float32, float16"),
@@ -442,6 +445,13 @@ def test_each_field_is_checked_with_its_value_and_what_is_valid(field, value, me
     ({"share.granularity": "channel", "share.vector_size": 2},
      "share.vector_size=2 has no effect: share.granularity='channel' has scalar codebooks per channel"),
     ({"share.method": "dkm", "share.vector_size": 2}, "share.vector_size=2 has no effect: share.method='dkm'"),
+    ({"share.method": "dkm", "share.layer_granularity": (("ip1.*", "channel"),)},
+     "share.layer_granularity=(('ip1.*', 'channel'),) has no effect: share.method='dkm' clusters each layer as one"),
+    ({"share.group_size": 4, "share.layer_granularity": (("ip1.*", "channel"),)},
+     "share.group_size=4 has no effect: share.granularity='tensor' has no groups of channels, nor has any "
+     "share.layer_granularity rule"),
+    ({"share.init": "kmeans++", "share.vector_size": 2, "share.layer_granularity": (("ip1.*", "channel"),)},
+     "share.layer_granularity=(('ip1.*', 'channel'),); valid: share.layer_granularity=() or every granularity"),
 ])
 def test_a_setting_that_another_overrides_is_an_error_naming_both(changes, message):
   config = lenet300.get_config()
@@ -457,6 +467,13 @@ def test_share_k_is_fine_while_share_bits_is_0_and_the_default_k_while_bits_is_s
   validate.check(config)  # bits = 6 with the default k.
   config.share.bits, config.share.k = 0, 9
   validate.check(config)
+
+
+def test_share_group_size_is_fine_while_a_layer_granularity_rule_asks_for_groups():
+  config = lenet300.get_config()
+  config.share.group_size, config.share.layer_granularity = 4, (("ip1.*", "channel"), ("ip2.*", "group"))
+  plan = pipeline.check_config(config).sharing
+  assert [plan.channels_per_codebook(f"ip{i}/kernel") for i in (1, 2, 3)] == [1, 4, 0]
 
 
 # 6. The documented example file.
