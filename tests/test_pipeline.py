@@ -123,6 +123,28 @@ def test_a_codebook_per_channel_is_encoded_read_back_and_evaluated_from_the_file
   assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
 
 
+def test_a_granularity_per_layer_is_encoded_read_back_and_evaluated_from_the_file(small_config, tmp_path):
+  small_config.share.layer_granularity = (("ip1.*", "channel"), ("ip3.*", "group"))
+  small_config.share.group_size = 4  # ip3's 10 channels: 4 + 4 + 2.
+  workdir = tmp_path / "run"
+  stages = pipeline.run(small_config, workdir)["stages"]
+  assert [(r["layer"], r["codebooks"]) for r in stages["shared"]["layers"]] == [
+      ("ip1/kernel", 300), ("ip2/kernel", 1), ("ip3/kernel", 3)]
+  written = codec.read(workdir / pipeline.MODEL_FILE)["params"]
+  assert [(written[name]["kernel"].group_size, written[name]["kernel"].codebook.shape) for name in ("ip1", "ip2", "ip3")
+          ] == [(1, (300, 16)), (0, (16,)), (4, (3, 16))]
+  assert stages["encoded"]["test_accuracy"] == stages["shared"]["test_accuracy"]
+  # Stage shared and after depend on it, and a record from before the field had it at its default: ().
+  fields = provenance.stage_fields(small_config, "shared")
+  assert fields["share.layer_granularity"] == [["ip1.*", "channel"], ["ip3.*", "group"]]
+  assert "share.layer_granularity" not in provenance.stage_fields(small_config, "pruned")
+  assert "share.layer_granularity" in provenance.stage_fields(small_config, "sweep k=4")
+  default = provenance.stage_fields(lenet300.get_config(), "shared")
+  old = {name: value for name, value in default.items() if name != "share.layer_granularity"}
+  assert provenance.changes(old, default, default) == {}
+  assert provenance.changes(old, fields, default)["share.layer_granularity"] == ([], fields["share.layer_granularity"])
+
+
 def test_vectors_are_encoded_read_back_and_evaluated_from_the_file(small_config, tmp_path):
   small_config.share.vector_size, small_config.share.init = 4, "kmeans++"
   workdir = tmp_path / "run"
