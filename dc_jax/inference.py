@@ -6,23 +6,20 @@
   codeword, code i + 1 is centroid i), so a kept weight costs one byte, or half a byte when the
   k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart, as do
   kernels of vectors: one code per vector of d weights, some of them kept and some pruned.
-- `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products with
-  scipy.sparse through `jax.pure_callback` (CSC of the transpose: the kernel's own rows); the rest as in
-  `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse` were
-  2-5x slower than the dense one at 9% kept, while scipy's CSR product was 2.5-6x faster and its
-  CSC product faster still (bench/sparse_fc.py, BENCHMARKS.md). With `threads`, large products
-  are cut into CSR row blocks that run on several cores at once (`row_blocks`), as XLA's dense
-  one does.
+- `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products: their kept
+  weights output by output, multiplied by compiled loops (`sparse_kernels`) through `jax.pure_callback`;
+  the rest as in `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse`
+  were 2-5x slower than the dense one at 9% kept, and scipy's CSR and CSC products 1.3-3.8x faster
+  depending on the load; the compiled product, with narrower index streams, 4-6x (bench/sparse_fc.py,
+  BENCHMARKS.md). With `threads`, large products split their outputs over several cores, as XLA's
+  dense one does.
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,10 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
 from flax import struct
 
-from dc_jax import codec, share
+from dc_jax import codec, share, sparse_kernels
 from dc_jax.share import SharedKernel, is_shared
 
 FORMS = ("dense", "codebook", "sparse")
@@ -127,77 +123,25 @@ def _expand_all(variables: Variables) -> Variables:
                       is_leaf=_is_kernel)
 
 
-def csr(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csr_array:
-  """A Dense kernel [in, out] as the CSR matrix of its transpose [out, in]: one row per output."""
-  dense = _dense(kernel) if is_shared(kernel) else np.asarray(kernel)
-  return scipy.sparse.csr_array(np.ascontiguousarray(dense.T))
+def output_rows(kernel: SharedKernel | np.ndarray) -> sparse_kernels.OutputRows:
+  """A Dense kernel [in, out] (shared or not) as its kept weights, output by output: what the `sparse` form holds."""
+  return sparse_kernels.output_rows(_dense(kernel) if is_shared(kernel) else np.asarray(kernel))
 
 
-def csc(kernel: SharedKernel | np.ndarray) -> scipy.sparse.csc_array:
-  """A Dense kernel [in, out] as the CSC matrix of its transpose [out, in]: stored input by input, as the kernel is.
+def sparse_matmul(x: jax.Array, rows: sparse_kernels.OutputRows, threads: int = 1) -> jax.Array:
+  """`x @ kernel` for x [batch, in] by the compiled sparse product (`sparse_kernels.matmul`) on `threads` threads.
 
-  What the `sparse` form multiplies with on one thread. The batch-1 product
-  then reads x in order and adds into y (the outputs, in L1), where CSR's
-  gathers x at random: 1.13 against 1.28 ms on 4096x4096 at 9% kept, 2.6
-  against 3.6-4.3 ms on 4096x9216 (load average ~8; bench/sparse_fc.py).
+  Callable inside jit: it runs on the host, in float32.
   """
-  dense = _dense(kernel) if is_shared(kernel) else np.asarray(kernel)
-  return scipy.sparse.csr_array(dense).T  # The transpose of a CSR matrix is CSC, without a copy.
-
-
-# Nonzeros below which a product runs on one thread: handing a block to another thread costs ~20-50 us.
-PARALLEL_NONZEROS = 1 << 17
-
-
-@functools.cache
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dc_jax.sparse")
-
-
-def row_blocks(matrix: scipy.sparse.sparray, threads: int = 1) -> list[scipy.sparse.sparray]:
-  """The matrix cut into CSR blocks of whole rows with about equal nonzeros, one per thread; itself if small.
-
-  scipy's CSR product runs on one core, releasing the GIL, so the blocks of
-  one product can run on several cores at once, as XLA's dense product does.
-  That pays only where cores are idle: on this shared 2-core machine at load
-  average ~12, two threads were slower than one (bench/sparse_fc.py).
-  """
-  parts = max(1, threads) if matrix.nnz >= PARALLEL_NONZEROS else 1
-  if parts == 1:
-    return [matrix]
-  matrix = matrix.tocsr()
-  cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, parts + 1)[1:-1])
-  bounds = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
-  return [matrix[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-
-
-def blocks_matmul(blocks: list[scipy.sparse.sparray], x: np.ndarray) -> np.ndarray:
-  """`matrix @ x` (x a vector, or [in, batch]) from its row blocks, one thread each."""
-  if len(blocks) == 1:
-    return blocks[0] @ x
-  return np.concatenate(list(_pool().map(lambda block: block @ x, blocks)))
-
-
-def sparse_matmul(x: jax.Array, matrix: scipy.sparse.sparray, threads: int = 1) -> jax.Array:
-  """`x @ kernel` for x [batch, in] by scipy's product (`csc` or `csr` of the kernel) on `threads` threads.
-
-  Callable inside jit: it runs on the host, in float32. On more than one
-  thread a large matrix multiplies as CSR row blocks (`row_blocks`).
-  """
-  rows = matrix.shape[0]
-  blocks = row_blocks(matrix, threads)
-
   def host(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    if x.shape[0] == 1:  # A matrix-vector product (scipy's csc_matvec or csr_matvec): the paper's batch-1 case.
-      return blocks_matmul(blocks, x[0])[None].astype(np.float32, copy=False)
-    return np.ascontiguousarray(blocks_matmul(blocks, x.T).T, np.float32)
+    return sparse_kernels.matmul(np.asarray(x, np.float32), rows, threads)
 
-  shape = jax.ShapeDtypeStruct((x.shape[0], rows), jnp.float32)
+  shape = jax.ShapeDtypeStruct((x.shape[0], rows.shape[1]), jnp.float32)
   return jax.pure_callback(host, shape, x.astype(jnp.float32), vmap_method="sequential")
 
 
-def _sparse_interceptor(matrices: dict[tuple[str, ...], scipy.sparse.sparray], threads: int) -> Callable[..., Any]:
+def _sparse_interceptor(matrices: dict[tuple[str, ...], sparse_kernels.OutputRows],
+                        threads: int) -> Callable[..., Any]:
   """Runs the nn.Dense layers named in `matrices` as sparse products; every other call as it is."""
 
   def intercept(next_fun, args, kwargs, context):
@@ -220,7 +164,7 @@ class Predictor:
   form: str
   apply: Callable[[Variables, jax.Array], jax.Array]
   variables: Variables  # On the device: arrays, and CodebookKernels in the `codebook` form.
-  matrices: dict[tuple[str, ...], scipy.sparse.sparray]  # `sparse` only: CSC kernels (`csc`), in host memory.
+  matrices: dict[tuple[str, ...], sparse_kernels.OutputRows]  # `sparse` only: kept weights, in host memory.
   metadata: dict[str, Any] | None = None  # What the file says about the model, when `dc_jax.load` made it.
 
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -233,8 +177,8 @@ class Predictor:
 
   @property
   def host_bytes(self) -> int:
-    """Bytes of the CSR kernels held on the host (values, column indices, row pointers)."""
-    return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in self.matrices.values())
+    """Bytes of the sparse kernels held on the host (weights, input indices, output starts)."""
+    return sum(rows.nbytes for rows in self.matrices.values())
 
 
 def _without(variables: Variables, paths: set[tuple[str, ...]]) -> Variables:
@@ -266,17 +210,18 @@ def predictor(model: nn.Module, variables: Variables, form: str = "dense", nibbl
     nibbles: `codebook` form only; 4-bit codes where k + 1 <= 16 (None), always (True) or never (False).
     preprocess: applied to the images inside the jitted function first (`dc_jax.load`: uint8 -> normalised).
     metadata: kept on the Predictor, for its caller.
-    threads: `sparse` form only; threads per large CSR product (`row_blocks`): os.cpu_count() where cores are idle.
+    threads: `sparse` form only; threads per large product (`sparse_kernels.matmul`): os.cpu_count() where cores
+      are idle.
     apply_kwargs: passed to `model.apply` (e.g. train=False).
   """
   if form not in FORMS:
     raise ValueError(f"form={form!r} is not an inference form; valid: {', '.join(FORMS)}")
-  matrices: dict[tuple[str, ...], scipy.sparse.sparray] = {}
+  matrices: dict[tuple[str, ...], sparse_kernels.OutputRows] = {}
   if form == "sparse":
     flat = _flatten(variables)
     sparse_paths = {path for path, leaf in flat.items()
                     if is_shared(leaf) and path[0] == "params" and path[-1] == "kernel" and leaf.mask.ndim == 2}
-    matrices = {path[1:-1]: csc(flat[path]) for path in sparse_paths}
+    matrices = {path[1:-1]: output_rows(flat[path]) for path in sparse_paths}
     variables = _without(variables, sparse_paths)
   if form == "codebook":
     host = jax.tree.map(lambda leaf: compact(leaf, nibbles) if is_shared(leaf) else leaf, variables,

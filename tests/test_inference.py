@@ -107,33 +107,9 @@ def test_unknown_form_is_refused(tmp_path):
     inference.predictor(model, variables, "bcsr")
 
 
-def test_row_blocks_cover_every_row_once_and_multiply_as_the_whole_matrix():
-  rng = np.random.default_rng(0)
-  kernel = np.where(rng.random((600, 500)) < 0.5, rng.standard_normal((600, 500)), 0).astype(np.float32)
-  matrix = inference.csr(kernel)
-  assert matrix.nnz >= inference.PARALLEL_NONZEROS
-  blocks = inference.row_blocks(matrix, threads=3)
-  assert len(blocks) == 3 and sum(b.shape[0] for b in blocks) == 500
-  assert max(b.nnz for b in blocks) - min(b.nnz for b in blocks) <= 2 * 600  # Balanced to within a row or two.
-  x = rng.standard_normal(600).astype(np.float32)
-  np.testing.assert_allclose(inference.blocks_matmul(blocks, x), kernel.T @ x, rtol=1e-4, atol=1e-4)
-  assert len(inference.row_blocks(inference.csr(kernel[:10]), threads=3)) == 1  # Too small to split.
-
-
 def test_sparse_form_on_two_threads_gives_the_same_logits(tmp_path):
   model, variables, images = decoded("lenet300100", tmp_path)
   one = inference.predictor(model, variables, "sparse")
   two = inference.predictor(model, variables, "sparse", threads=2)
   chex.assert_trees_all_close(two(images[:1]), one(images[:1]), atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(two(images), one(images), atol=1e-5, rtol=1e-5)
-
-
-def test_csc_of_the_transpose_multiplies_as_the_kernel_and_holds_its_rows():
-  rng = np.random.default_rng(1)
-  kernel = np.where(rng.random((300, 200)) < 0.1, rng.standard_normal((300, 200)), 0).astype(np.float32)
-  matrix = inference.csc(kernel)
-  assert matrix.format == "csc" and matrix.shape == (200, 300) and matrix.nnz == np.count_nonzero(kernel)
-  np.testing.assert_array_equal(np.diff(matrix.indptr), np.count_nonzero(kernel, axis=1))  # One column per input.
-  x = rng.standard_normal((4, 300)).astype(np.float32)
-  np.testing.assert_allclose(matrix @ x[0], x[0] @ kernel, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose((matrix @ x.T).T, x @ kernel, rtol=1e-5, atol=1e-5)
