@@ -68,8 +68,6 @@ def matmul(x: np.ndarray, rows: OutputRows, threads: int = 1) -> np.ndarray:
   if x.ndim != 2 or x.shape[1] != rows.shape[0]:
     raise ValueError(f"x of shape {x.shape} against a kernel of shape {rows.shape}; valid: [batch, {rows.shape[0]}]")
   parts = max(1, threads) if rows.nnz >= PARALLEL_NONZEROS else 1
-  cuts = np.unique(np.concatenate([[0], np.searchsorted(rows.starts, np.linspace(0, rows.nnz, parts + 1)[1:-1]),
-                                   [rows.shape[1]]]))
   vector = x.shape[0] == 1
   by_input = x[0] if vector else np.ascontiguousarray(x.T)  # [in, batch]: each kept weight scales one row.
   out = np.empty(rows.shape[1] if vector else (rows.shape[1], x.shape[0]), np.float32)
@@ -77,10 +75,12 @@ def matmul(x: np.ndarray, rows: OutputRows, threads: int = 1) -> np.ndarray:
   def run(lo: int, hi: int) -> None:  # Outputs lo..hi - 1.
     (_vector if vector else _batch)(rows.starts[lo:hi + 1], rows.inputs, rows.weights, by_input, out[lo:hi])
 
-  if cuts.size == 2:
+  if parts == 1:
     run(0, rows.shape[1])
   else:
-    list(_pool().map(run, cuts[:-1], cuts[1:]))
+    cuts = np.searchsorted(rows.starts, np.linspace(0, rows.nnz, parts + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], cuts, [rows.shape[1]]]))
+    list(_pool().map(run, bounds[:-1], bounds[1:]))
   return out[None] if vector else np.ascontiguousarray(out.T)
 
 
