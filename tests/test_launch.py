@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from dc_jax import codec
+from dc_jax import codec, validate
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -39,6 +39,15 @@ def test_command_line_overrides_apply():
   assert (config.train.epochs, config.train.learning_rate, config.data.path) == (3, 0.1, "/data/c.npz")
   assert tuple(config.train.lr_decay_epochs) == (1, 2) and config.seed == 7
   assert config.share.k == 13 and config.model.name == "vgg"
+
+
+def test_k4_on_the_narrow_schedule_shares_per_channel_without_a_sweep():
+  config = _parse(f"--config={ROOT / 'configs/vgg19_k4.py'}:fast_narrow")
+  validate.check(config)
+  assert (config.share.k, config.share.granularity, tuple(config.share.sweep)) == (4, "channel", ())
+  assert config.model.width == 1 / 8 and config.share.learning_rate == 0.005
+  wide = _parse(f"--config={ROOT / 'configs/vgg19_k4.py'}:fast")  # Full width keeps the original's codebooks.
+  assert (wide.share.granularity, tuple(wide.share.sweep)) == ("tensor", (4, 9, 13, 35))
 
 
 def _launch(*args, env_data_dir, cwd):
