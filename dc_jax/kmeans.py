@@ -241,7 +241,7 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   if occupied.size <= k:
     return None
   counts, sums = histogram.counts[occupied], histogram.sums[occupied]
-  number, prefix = np.concatenate([[0], np.cumsum(counts)]), np.concatenate([[0.0], np.cumsum(sums)])
+  number, prefix = _running_sums(counts), _running_sums(sums)
   means = sums / counts
   if init == "linear":
     centroids = np.linspace(histogram.low, histogram.high, k)
@@ -278,7 +278,7 @@ def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, means: np.ndarr
   the means below a threshold are those of the occupied cells before its
   cell, and its own cell's if not above it.
   """
-  occupied_through = np.cumsum(histogram.counts > 0)
+  occupied_through = _running_sums(histogram.counts > 0)[1:]
   own = np.full(histogram.counts.size, -np.inf)
   own[occupied] = means
   bounds, iterations, squares = np.zeros(0, np.int64), 0, None
@@ -323,10 +323,10 @@ class _Histogram:
     self.counts = np.zeros(HISTOGRAM_CELLS, np.int32 if values.size < 2**31 else np.int64)
     self.sums = np.zeros(HISTOGRAM_CELLS)
     _count_and_sum(values, *self.grid, self.counts, self.sums)
-    self.number_before = np.concatenate([[0], np.cumsum(self.counts)])
-    self.sum_before = np.concatenate([[0.0], np.cumsum(self.sums)])
+    self.number_before, self.sum_before = _running_sums(self.counts), _running_sums(self.sums)
     self.pulled, self.reach = np.zeros(HISTOGRAM_CELLS, bool), self._NEIGHBOURS
-    self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
+    self.pulled_cells, self.pulled_before = np.zeros(0, np.int64), np.zeros(1, np.int64)
+    self.exact, self.exact_prefix = np.zeros(0, np.float32), np.zeros(1)
 
   def _cells(self, thresholds: np.ndarray) -> np.ndarray:
     """The thresholds' cells, by the values' arithmetic (`_cell`)."""
@@ -337,13 +337,18 @@ class _Histogram:
     near = (cells[:, None] + np.arange(-self.reach, self.reach + 1)).ravel()
     self.reach *= 2
     self.pulled[np.clip(near, 0, self.counts.size - 1)] = True
-    self._keep(_values_in(self.values, *self.grid, self.pulled, int(self.counts[self.pulled].sum())))
+    self._index_pulled()
+    self._keep(_values_in(self.values, *self.grid, self.pulled, self.pulled_before[-1]))
+
+  def _index_pulled(self) -> None:
+    """The cells marked in `pulled`, and how many values the ones before each hold: `below` reads them per threshold."""
+    self.pulled_cells = np.flatnonzero(self.pulled)
+    self.pulled_before = _running_sums(self.counts[self.pulled_cells])
 
   def _keep(self, pulled_values: np.ndarray) -> None:
     """Sorts the values of the cells marked in `pulled` (all of them) and sums them for `below`."""
     self.exact = np.sort(pulled_values)
-    self.exact_prefix = np.concatenate([[0.0], np.cumsum(self.exact, dtype=np.float64)])
-    self.exact_before = np.concatenate([[0], np.cumsum(self.counts * self.pulled)])
+    self.exact_prefix = _running_sums(self.exact)
 
   def labels(self, thresholds: np.ndarray) -> np.ndarray:
     """Each value's count of thresholds below it, in one pass (`_labels_and_inside`); pulls exactly the thresholds' cells.
@@ -354,7 +359,8 @@ class _Histogram:
     cells = self._cells(thresholds)
     self.pulled[:] = False
     self.pulled[cells] = True
-    labels, inside = np.empty(self.values.size, np.int32), np.empty(self.counts[np.unique(cells)].sum(), np.float32)
+    self._index_pulled()
+    labels, inside = np.empty(self.values.size, np.int32), np.empty(self.pulled_before[-1], np.float32)
     _labels_and_inside(self.values, *self.grid, self.counts.size, thresholds, cells, labels, inside)
     self._keep(inside)
     return labels
@@ -365,11 +371,32 @@ class _Histogram:
     if not self.pulled[cells].all():
       self._pull(cells[~self.pulled[cells]])
     ranks = np.searchsorted(self.exact, thresholds, side="right")  # Pulled values <= t: earlier cells', then its own.
-    first = self.exact_before[cells]
+    first = self.pulled_before[np.searchsorted(self.pulled_cells, cells)]
     numbers = self.number_before[cells] + (ranks - first)
     totals = self.sum_before[cells] + (self.exact_prefix[ranks] - self.exact_prefix[first])
     return (np.concatenate([[0], numbers, [self.values.size]]),
             np.concatenate([[0.0], totals, [self.sum_before[-1]]]))
+
+
+def _running_sums(values: np.ndarray) -> np.ndarray:
+  """[0, x0, x0 + x1, ...] in int64 (integers, booleans) or float64: numpy's cumsum to the bit, several times faster.
+
+  numpy's cumsum of a million cells and the concatenate take ~6 ms; this
+  path needs half a dozen of them per call.
+  """
+  out = np.empty(values.size + 1, np.float64 if values.dtype.kind == "f" else np.int64)
+  _accumulate(values, out)
+  return out
+
+
+@numba.njit(cache=True)
+def _accumulate(values: np.ndarray, out: np.ndarray) -> None:
+  """out = [0, x0, x0 + x1, ...], added in order as numpy's cumsum adds (x0 itself first, not 0 + x0: -0.0 stays)."""
+  out[0] = 0
+  if values.size:
+    out[1] = values[0]
+  for i in range(1, values.size):
+    out[i + 1] = out[i] + values[i]
 
 
 @numba.njit(cache=True)
