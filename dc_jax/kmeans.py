@@ -241,13 +241,13 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   if occupied.size <= k:
     return None
   counts, sums = histogram.counts[occupied], histogram.sums[occupied]
-  number, prefix = _running_sums(counts), _running_sums(sums)
-  means = sums / counts
+  number = _running_sums(counts)
   if init == "linear":
     centroids = np.linspace(histogram.low, histogram.high, k)
   else:  # "density": the values at k evenly spaced ranks, each read as its cell's mean.
-    centroids = means[np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")]
-  centroids, iterations = _lloyd_on_cells(histogram, occupied, means, number, prefix, centroids, max_iterations - 1)
+    ranked = np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")
+    centroids = sums[ranked] / counts[ranked]
+  centroids, iterations = _lloyd_on_cells(histogram, occupied, counts, sums, number, centroids, max_iterations - 1)
   bounds = None
   while iterations < max_iterations:
     new_bounds, totals = histogram.below(_thresholds(centroids))
@@ -267,9 +267,9 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
-def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, means: np.ndarray, number: np.ndarray,
-                    prefix: np.ndarray, centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
-  """Lloyd over the occupied cells' means, `number[p]` values before cell p: (centroids, iterations).
+def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, counts: np.ndarray, sums: np.ndarray,
+                    number: np.ndarray, centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
+  """Lloyd over the occupied cells' means (their `counts` and `sums`; `number`: running counts): (centroids, iterations).
 
   The iterations are compiled (`_cell_iterations`: ~5 us each at k = 256
   against ~70 us in numpy, and the linear start runs a thousand); they
@@ -278,6 +278,7 @@ def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, means: np.ndarr
   the means below a threshold are those of the occupied cells before its
   cell, and its own cell's if not above it.
   """
+  prefix, means = _running_sums(sums), sums / counts
   occupied_through = _running_sums(histogram.counts > 0)[1:]
   own = np.full(histogram.counts.size, -np.inf)
   own[occupied] = means
@@ -288,8 +289,8 @@ def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, means: np.ndarr
     if not emptied:
       return centroids, iterations
     if squares is None:
-      counts, sums = histogram.counts[occupied], histogram.sums[occupied]
-      squares = np.concatenate([[0.0], np.cumsum(sums * sums / counts)])
+      squares = sums * sums
+      squares = _running_sums(np.divide(squares, counts, out=squares))
     empty = np.diff(number[bounds]) == 0
     centroids = np.sort(_split_largest(means, prefix, squares, centroids, bounds, empty, number))
 
