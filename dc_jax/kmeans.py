@@ -518,14 +518,43 @@ _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memor
 
 
 def _sum_of_squares(values: np.ndarray) -> float:
-  """sum(x^2) of float32 values in float64, a fixed-size chunk at a time (bounded memory).
+  """sum(x^2) of float32 values in float64, a fixed-size chunk at a time, each summed pairwise as numpy sums.
 
-  A float32's square is exact in float64, so only the additions round
-  (pairwise, in numpy's sum). A float64 dot would go through a BLAS that is
-  several times slower, and much more so when the cores are busy.
+  A float32's square is exact in float64, so only the additions round. A
+  float64 dot would go through a BLAS that is several times slower, and much
+  more so when the cores are busy; numpy's square and sum of each chunk, to
+  the bit what `_pairwise_squares` gives, take half as long again.
   """
-  return float(sum(np.square(values[start:start + _SQUARES_CHUNK], dtype=np.float64).sum()
+  return float(sum(_pairwise_squares(values, start, min(_SQUARES_CHUNK, values.size - start))
                    for start in range(0, values.size, _SQUARES_CHUNK)))
+
+
+@numba.njit(cache=True)
+def _pairwise_squares(values: np.ndarray, start: int, n: int) -> float:
+  """sum(float64(x)^2) of values[start:start + n] in the order of numpy's pairwise sum (eight accumulators per block
+  of at most 128, halves split at a multiple of 8), so the same to the bit, without a float64 copy."""
+  if n < 8:
+    total = 0.0
+    for i in range(start, start + n):
+      total += np.float64(values[i]) ** 2
+    return total
+  if n > 128:
+    half = n // 2 - n // 2 % 8
+    return _pairwise_squares(values, start, half) + _pairwise_squares(values, start + half, n - half)
+  r0, r1 = np.float64(values[start]) ** 2, np.float64(values[start + 1]) ** 2
+  r2, r3 = np.float64(values[start + 2]) ** 2, np.float64(values[start + 3]) ** 2
+  r4, r5 = np.float64(values[start + 4]) ** 2, np.float64(values[start + 5]) ** 2
+  r6, r7 = np.float64(values[start + 6]) ** 2, np.float64(values[start + 7]) ** 2
+  stop = start + n - n % 8
+  for i in range(start + 8, stop, 8):
+    r0, r1 = r0 + np.float64(values[i]) ** 2, r1 + np.float64(values[i + 1]) ** 2
+    r2, r3 = r2 + np.float64(values[i + 2]) ** 2, r3 + np.float64(values[i + 3]) ** 2
+    r4, r5 = r4 + np.float64(values[i + 4]) ** 2, r5 + np.float64(values[i + 5]) ** 2
+    r6, r7 = r6 + np.float64(values[i + 6]) ** 2, r7 + np.float64(values[i + 7]) ** 2
+  total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+  for i in range(stop, start + n):
+    total += np.float64(values[i]) ** 2
+  return total
 
 
 class _Prefix:
