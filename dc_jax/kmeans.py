@@ -192,7 +192,7 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
 
 def _lloyd(sorted_values: np.ndarray, prefix: _Prefix, squares_of: Callable[[], _Prefix], centroids: np.ndarray,
            max_iterations: int) -> tuple[np.ndarray, int, bool, _Prefix | None]:
-  """Lloyd iterations over the sorted values until the clusters stop changing: (centroids, iterations, converged, squares).
+  """Lloyd over the sorted values until the clusters stop changing: (centroids, iterations, converged, squares).
 
   `squares_of()` gives prefix sums of squares, built only if a cluster empties.
   """
@@ -269,7 +269,7 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
 
 def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, counts: np.ndarray, sums: np.ndarray,
                     number: np.ndarray, centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
-  """Lloyd over the occupied cells' means (their `counts` and `sums`; `number`: running counts): (centroids, iterations).
+  """Lloyd over the occupied cells' means (`sums` / `counts`; `number`: running counts): (centroids, iterations).
 
   The iterations are compiled (`_cell_iterations`: ~5 us each at k = 256
   against ~70 us in numpy, and the linear start runs a thousand); they
@@ -342,7 +342,7 @@ class _Histogram:
     self._keep(_values_in(self.values, *self.grid, self.pulled, self.pulled_before[-1]))
 
   def _index_pulled(self) -> None:
-    """The cells marked in `pulled`, and how many values the ones before each hold: `below` reads them per threshold."""
+    """The cells marked in `pulled`, and how many values the ones before each hold (`below` reads both)."""
     self.pulled_cells = np.flatnonzero(self.pulled)
     self.pulled_before = _running_sums(self.counts[self.pulled_cells])
 
@@ -352,7 +352,7 @@ class _Histogram:
     self.exact_prefix = _running_sums(self.exact)
 
   def labels(self, thresholds: np.ndarray) -> np.ndarray:
-    """Each value's count of thresholds below it, in one pass (`_labels_and_inside`); pulls exactly the thresholds' cells.
+    """Each value's count of thresholds below it, in one pass (`_labels_and_inside`); pulls just the thresholds' cells.
 
     The values in the thresholds' cells are the ones `below` needs at these
     thresholds, so they replace the pulled ones.
@@ -484,7 +484,7 @@ def _values_in(values: np.ndarray, low: np.float32, scale: np.float32, marked: n
 @numba.njit(cache=True)
 def _labels_and_inside(values: np.ndarray, low: np.float32, scale: np.float32, cells: int, thresholds: np.ndarray,
                        threshold_cells: np.ndarray, labels: np.ndarray, inside: np.ndarray) -> None:
-  """Each value's count of (sorted) thresholds below it into `labels`, and the values in the thresholds' cells into `inside`.
+  """Each value's count of (sorted) thresholds below it into `labels`; the values in their cells into `inside`.
 
   A threshold in an earlier cell is below every value of a cell, one in a
   later cell above it, so a value is compared only with its own cell's. The
