@@ -247,7 +247,7 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   else:  # "density": the values at k evenly spaced ranks, each read as its cell's mean.
     ranked = np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")
     centroids = sums[ranked] / counts[ranked]
-  centroids, iterations = _lloyd_on_cells(histogram, occupied, counts, sums, number, centroids, max_iterations - 1)
+  centroids, iterations = _lloyd_on_cells(histogram, counts, sums, number, centroids, max_iterations - 1)
   bounds = None
   while iterations < max_iterations:
     new_bounds, totals = histogram.below(_thresholds(centroids))
@@ -267,8 +267,8 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
-def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, counts: np.ndarray, sums: np.ndarray,
-                    number: np.ndarray, centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
+def _lloyd_on_cells(histogram: _Histogram, counts: np.ndarray, sums: np.ndarray, number: np.ndarray,
+                    centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
   """Lloyd over the occupied cells' means (`sums` / `counts`; `number`: running counts): (centroids, iterations).
 
   The iterations are compiled (`_cell_iterations`: ~5 us each at k = 256
@@ -280,12 +280,11 @@ def _lloyd_on_cells(histogram: _Histogram, occupied: np.ndarray, counts: np.ndar
   """
   prefix, means = _running_sums(sums), sums / counts
   occupied_through = _running_sums(histogram.counts > 0)[1:]
-  own = np.full(histogram.counts.size, -np.inf)
-  own[occupied] = means
   bounds, iterations, squares = np.zeros(0, np.int64), 0, None
   while True:
     centroids, bounds, iterations, emptied = _cell_iterations(
-        centroids, bounds, iterations, max_iterations, number, prefix, occupied_through, own, *histogram.grid)
+        centroids, bounds, iterations, max_iterations, number, prefix, means, occupied_through, histogram.counts,
+        *histogram.grid)
     if not emptied:
       return centroids, iterations
     if squares is None:
@@ -415,23 +414,26 @@ def _cell(value: np.float32, low: np.float32, scale: np.float32, cells: int) -> 
 
 @numba.njit(cache=True)
 def _cell_iterations(centroids: np.ndarray, bounds: np.ndarray, iterations: int, max_iterations: int,
-                     number: np.ndarray, prefix: np.ndarray, occupied_through: np.ndarray, own: np.ndarray,
-                     low: np.float32, scale: np.float32) -> tuple[np.ndarray, np.ndarray, int, bool]:
+                     number: np.ndarray, prefix: np.ndarray, means: np.ndarray, occupied_through: np.ndarray,
+                     cell_counts: np.ndarray, low: np.float32,
+                     scale: np.float32) -> tuple[np.ndarray, np.ndarray, int, bool]:
   """Lloyd iterations over the occupied cells (see `_lloyd_on_cells`): (centroids, bounds, iterations, emptied).
 
   Runs until the bounds repeat or `max_iterations`, or returns after the
   iteration that left a cluster empty (emptied: True; its centroid kept). The
   float64 operations are `_lloyd`'s, in its order. `bounds` are the last
-  iteration's (empty at the start).
+  iteration's (empty at the start). `occupied_through[c]` counts the
+  occupied cells up to c, so an occupied c's mean is `means[that - 1]`.
   """
-  k, cells = centroids.size, own.size
+  k, cells = centroids.size, cell_counts.size
   while iterations < max_iterations:
     thresholds = _compiled_thresholds(centroids)
     new_bounds = np.empty(k + 1, np.int64)
     new_bounds[0], new_bounds[k] = 0, number.size - 1
     for j in range(k - 1):
       cell = _cell(thresholds[j], low, scale, cells)
-      new_bounds[j + 1] = occupied_through[cell] - (own[cell] > thresholds[j])
+      through = occupied_through[cell]
+      new_bounds[j + 1] = through - (cell_counts[cell] > 0 and means[through - 1] > thresholds[j])
     if bounds.size > 0 and np.array_equal(new_bounds, bounds):
       break
     bounds, iterations, centroids, emptied = new_bounds, iterations + 1, centroids.copy(), False
