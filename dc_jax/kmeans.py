@@ -9,9 +9,14 @@ initialisation leaves many in the gap that pruning opens around zero) take
 over half of the cluster with the largest squared error, so every code is
 used. Labelling the original (unsorted) values is one pass: a grid lookup,
 then a comparison with the few thresholds in the value's cell (jitted after
-the sort; a numpy gather over the histogram's cells on the histogram path).
+the sort; compiled by numba on the histogram path).
 From HISTOGRAM_MIN values on, the sort itself is most of the time: Lloyd
 then starts on a histogram and finishes exactly (`_kmeans_on_histogram`).
+There, the passes over all the values (counting and summing per cell,
+pulling out cells, labelling) and Lloyd's thousand-odd iterations over the
+cells are numba-compiled loops: each fuses what took numpy several passes
+and temporaries, and gives the same numbers to the bit. The sort path
+compiles nothing with numba.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numba
 import numpy as np
 
 from dc_jax.errors import ConfigError
@@ -70,6 +75,9 @@ def _thresholds(centroids: np.ndarray) -> np.ndarray:
   midpoints = (centroids[:-1] + centroids[1:]) / 2
   rounded = midpoints.astype(np.float32)
   return np.where(rounded > midpoints, np.nextafter(rounded, np.float32(-np.inf)), rounded)
+
+
+_compiled_thresholds = numba.njit(cache=True)(_thresholds)  # The same, inside the compiled `_cell_iterations`.
 
 
 def _cluster_bounds(sorted_values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -182,26 +190,20 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", max_iterations: 
   return _assign(values, sorted_values, prefix, centroids, iterations, converged, squares)
 
 
-def _lloyd(points: np.ndarray, prefix: Any, squares_of: Callable[[], Any], centroids: np.ndarray,
-           max_iterations: int, number: np.ndarray | None = None,
-           bounds_of: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, int, bool, Any]:
-  """Lloyd iterations over sorted points until the clusters stop changing: (centroids, iterations, converged, squares).
+def _lloyd(sorted_values: np.ndarray, prefix: _Prefix, squares_of: Callable[[], _Prefix], centroids: np.ndarray,
+           max_iterations: int) -> tuple[np.ndarray, int, bool, _Prefix | None]:
+  """Lloyd over the sorted values until the clusters stop changing: (centroids, iterations, converged, squares).
 
-  `prefix[p]` sums the first p points' values, `number[p]` counts the values
-  they stand for (None: p, one value a point); `squares_of()` gives prefix
-  sums of squares, built only if a cluster empties. `bounds_of(centroids)`,
-  if given, must equal `_cluster_bounds(points, centroids)`, only faster.
+  `squares_of()` gives prefix sums of squares, built only if a cluster empties.
   """
-  bounds_of = bounds_of or functools.partial(_cluster_bounds, points)
   bounds, squares, converged, iterations = None, None, False, 0
   while iterations < max_iterations:
-    new_bounds = bounds_of(centroids)
+    new_bounds = _cluster_bounds(sorted_values, centroids)
     if bounds is not None and np.array_equal(new_bounds, bounds):
       converged = True
       break
     bounds, iterations = new_bounds, iterations + 1
-    ends = bounds if number is None else number[bounds]
-    counts = ends[1:] - ends[:-1]
+    counts = bounds[1:] - bounds[:-1]
     empty = counts == 0
     sums = prefix[bounds]  # One lookup per bound, shared by two clusters.
     means = (sums[1:] - sums[:-1]) / np.maximum(counts, 1)
@@ -209,14 +211,14 @@ def _lloyd(points: np.ndarray, prefix: Any, squares_of: Callable[[], Any], centr
     if empty.any():
       if squares is None:
         squares = squares_of()
-      centroids = np.sort(_split_largest(points, prefix, squares, centroids, bounds, empty, number))
+      centroids = np.sort(_split_largest(sorted_values, prefix, squares, centroids, bounds, empty))
   return centroids, iterations, converged, squares
 
 
 HISTOGRAM_MIN = 1 << 22  # Values from which clustering starts on a histogram, not a sort (`_kmeans_on_histogram`).
 HISTOGRAM_CELLS = 1 << 20  # Cells of that histogram.
 HISTOGRAM_INITS = ("linear", "density")  # The others draw from the sorted values, so they always sort.
-_GRID_CHUNK = 1 << 17  # Values put on the histogram's grid at a time.
+_LABEL_BLOCK_BITS = 6  # Cells per block of the labelling pass's table: 2**6, a 64 KB table for 2**20 cells.
 
 
 def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: int) -> KMeansResult | None:
@@ -239,14 +241,13 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   if occupied.size <= k:
     return None
   counts, sums = histogram.counts[occupied], histogram.sums[occupied]
-  number, prefix = np.concatenate([[0], np.cumsum(counts)]), np.concatenate([[0.0], np.cumsum(sums)])
-  means = sums / counts
+  number = _running_sums(counts)
   if init == "linear":
     centroids = np.linspace(histogram.low, histogram.high, k)
   else:  # "density": the values at k evenly spaced ranks, each read as its cell's mean.
-    centroids = means[np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")]
-  centroids, iterations, _, _ = _lloyd(means, prefix, lambda: np.concatenate([[0.0], np.cumsum(sums * sums / counts)]),
-                                       centroids, max_iterations - 1, number, histogram.cell_bounds(means, occupied))
+    ranked = np.searchsorted(number[1:], np.linspace(0, values.size - 1, k), side="right")
+    centroids = sums[ranked] / counts[ranked]
+  centroids, iterations = _lloyd_on_cells(histogram, counts, sums, number, centroids, max_iterations - 1)
   bounds = None
   while iterations < max_iterations:
     new_bounds, totals = histogram.below(_thresholds(centroids))
@@ -266,6 +267,33 @@ def _kmeans_on_histogram(values: np.ndarray, k: int, init: str, max_iterations: 
   return KMeansResult(centroids, labels, inertia, iterations, converged)
 
 
+def _lloyd_on_cells(histogram: _Histogram, counts: np.ndarray, sums: np.ndarray, number: np.ndarray,
+                    centroids: np.ndarray, max_iterations: int) -> tuple[np.ndarray, int]:
+  """Lloyd over the occupied cells' means (`sums` / `counts`; `number`: running counts): (centroids, iterations).
+
+  The iterations are compiled (`_cell_iterations`: ~5 us each at k = 256
+  against ~70 us in numpy, and the linear start runs a thousand); they
+  come back here only when a cluster empties, to be split (`_split_largest`).
+  The bounds come from the grid, not a binary search over a million means:
+  the means below a threshold are those of the occupied cells before its
+  cell, and its own cell's if not above it.
+  """
+  prefix, means = _running_sums(sums), sums / counts
+  occupied_through = _running_sums(histogram.counts > 0)[1:]
+  bounds, iterations, squares = np.zeros(0, np.int64), 0, None
+  while True:
+    centroids, bounds, iterations, emptied = _cell_iterations(
+        centroids, bounds, iterations, max_iterations, number, prefix, means, occupied_through, histogram.counts,
+        *histogram.grid)
+    if not emptied:
+      return centroids, iterations
+    if squares is None:
+      squares = sums * sums
+      squares = _running_sums(np.divide(squares, counts, out=squares))
+    empty = np.diff(number[bounds]) == 0
+    centroids = np.sort(_split_largest(means, prefix, squares, centroids, bounds, empty, number))
+
+
 class _Histogram:
   """The values' counts and float64 sums in HISTOGRAM_CELLS cells of a monotone grid, and exact sums below any x.
 
@@ -275,6 +303,11 @@ class _Histogram:
   pull is a pass over all the values, so each one reaches twice as far as
   the last: thresholds that creep for hundreds of exact iterations cost a
   few passes, not one every few iterations.
+
+  The passes over all the values (counting and summing, pulling, labelling)
+  are compiled loops that recompute each value's cell (`_cell`) instead of
+  storing it: a subtraction and a multiplication cost less than reading 8
+  bytes a value, and 16.8M cells would take 134 MB.
   """
 
   _NEIGHBOURS = 8  # Cells pulled out on each side of a threshold's cell, at the first pull.
@@ -286,79 +319,50 @@ class _Histogram:
       raise ValueError("k-means input has NaN or Inf values")
     self.low, self.high = float(low), float(high)
     self.grid = _grid_parameters(self.low, self.high, HISTOGRAM_CELLS)
-    self.cells = self._cells(values)
-    self.counts = np.bincount(self.cells, minlength=HISTOGRAM_CELLS)
-    self.sums = np.bincount(self.cells, weights=values, minlength=HISTOGRAM_CELLS)
-    self.number_before = np.concatenate([[0], np.cumsum(self.counts)])
-    self.sum_before = np.concatenate([[0.0], np.cumsum(self.sums)])
+    # Counts as int32 (int64 past 2**31 values): the counts and sums, 12 MB, then stay in cache better.
+    self.counts = np.zeros(HISTOGRAM_CELLS, np.int32 if values.size < 2**31 else np.int64)
+    self.sums = np.zeros(HISTOGRAM_CELLS)
+    _count_and_sum(values, *self.grid, self.counts, self.sums)
+    self.number_before, self.sum_before = _running_sums(self.counts), _running_sums(self.sums)
     self.pulled, self.reach = np.zeros(HISTOGRAM_CELLS, bool), self._NEIGHBOURS
-    self.exact, self.exact_prefix, self.exact_before = np.zeros(0, np.float32), np.zeros(1), np.zeros(0, np.int64)
+    self.pulled_cells, self.pulled_before = np.zeros(0, np.int64), np.zeros(1, np.int64)
+    self.exact, self.exact_prefix = np.zeros(0, np.float32), np.zeros(1)
 
-  def _cells(self, values: np.ndarray) -> np.ndarray:
-    """`_grid` in numpy (faster than the jitted one for a single pass): the same for values and thresholds.
-
-    As intp, the index type of bincount, take and fancy indexing: given
-    int32, each of them first copies the 16.8M cells to it. A chunk at a
-    time, so the float32 temporaries stay in cache.
-    """
-    low, scale = self.grid
-    cells = np.empty(values.size, np.intp)
-    for start in range(0, values.size, _GRID_CHUNK):
-      shifted = np.subtract(values[start:start + _GRID_CHUNK], low, dtype=np.float32)
-      chunk = cells[start:start + _GRID_CHUNK]
-      chunk[...] = np.multiply(shifted, scale, out=shifted)  # Truncated towards zero, as by astype.
-      np.minimum(np.maximum(chunk, 0, out=chunk), HISTOGRAM_CELLS - 1, out=chunk)
-    return cells
+  def _cells(self, thresholds: np.ndarray) -> np.ndarray:
+    """The thresholds' cells, by the values' arithmetic (`_cell`)."""
+    return _cells_of(thresholds, *self.grid, self.counts.size)
 
   def _pull(self, cells: np.ndarray) -> None:
     """Adds these cells' values to the sorted values pulled out (one pass over all the values)."""
     near = (cells[:, None] + np.arange(-self.reach, self.reach + 1)).ravel()
     self.reach *= 2
-    self.pulled[np.clip(near, 0, HISTOGRAM_CELLS - 1)] = True
-    self._keep(self.values[self.pulled[self.cells]])
+    self.pulled[np.clip(near, 0, self.counts.size - 1)] = True
+    self._index_pulled()
+    self._keep(_values_in(self.values, *self.grid, self.pulled, self.pulled_before[-1]))
+
+  def _index_pulled(self) -> None:
+    """The cells marked in `pulled`, and how many values the ones before each hold (`below` reads both)."""
+    self.pulled_cells = np.flatnonzero(self.pulled)
+    self.pulled_before = _running_sums(self.counts[self.pulled_cells])
 
   def _keep(self, pulled_values: np.ndarray) -> None:
     """Sorts the values of the cells marked in `pulled` (all of them) and sums them for `below`."""
     self.exact = np.sort(pulled_values)
-    self.exact_prefix = np.concatenate([[0.0], np.cumsum(self.exact, dtype=np.float64)])
-    self.exact_before = np.concatenate([[0], np.cumsum(self.counts * self.pulled)])
-
-  def cell_bounds(self, means: np.ndarray, occupied: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """`_cluster_bounds` over the occupied cells' means, by the grid instead of a binary search over a million.
-
-    The grid is monotone, so the means below a threshold are those of the
-    occupied cells before its cell, and its own cell's if not above it.
-    """
-    occupied_through = np.cumsum(self.counts > 0)
-    own = np.full(HISTOGRAM_CELLS, -np.inf)
-    own[occupied] = means
-
-    def bounds_of(centroids: np.ndarray) -> np.ndarray:
-      thresholds = _thresholds(centroids)
-      cells = self._cells(thresholds)
-      return np.concatenate([[0], occupied_through[cells] - (own[cells] > thresholds), [occupied.size]])
-    return bounds_of
+    self.exact_prefix = _running_sums(self.exact)
 
   def labels(self, thresholds: np.ndarray) -> np.ndarray:
-    """Each value's count of thresholds below it, in one pass over the cells; pulls exactly the thresholds' cells.
+    """Each value's count of thresholds below it, in one pass (`_labels_and_inside`); pulls just the thresholds' cells.
 
-    A threshold in an earlier cell is below every value of a cell, one in a
-    later cell above it: a table over the cells gives the label, except in
-    a threshold's own cell (marked -1), where a binary search does. Those
-    values are the ones `below` needs at these thresholds, so they replace
-    the pulled ones. No jit: nothing to compile, and the gather beats the
-    jitted pass (34 ms against 90 ms for 16.8M values).
+    The values in the thresholds' cells are the ones `below` needs at these
+    thresholds, so they replace the pulled ones.
     """
     cells = self._cells(thresholds)
-    table = np.cumsum(np.bincount(cells + 1, minlength=HISTOGRAM_CELLS + 1)[:HISTOGRAM_CELLS]).astype(np.int32)
-    table[cells] = -1  # Threshold cells.
-    labels = np.take(table, self.cells)
-    inside = np.flatnonzero(labels < 0)
-    inside_values = self.values[inside]
-    labels[inside] = np.searchsorted(thresholds, inside_values, side="left")
     self.pulled[:] = False
     self.pulled[cells] = True
-    self._keep(inside_values)
+    self._index_pulled()
+    labels, inside = np.empty(self.values.size, np.int32), np.empty(self.pulled_before[-1], np.float32)
+    _labels_and_inside(self.values, *self.grid, self.counts.size, thresholds, cells, labels, inside)
+    self._keep(inside)
     return labels
 
   def below(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,11 +371,147 @@ class _Histogram:
     if not self.pulled[cells].all():
       self._pull(cells[~self.pulled[cells]])
     ranks = np.searchsorted(self.exact, thresholds, side="right")  # Pulled values <= t: earlier cells', then its own.
-    first = self.exact_before[cells]
+    first = self.pulled_before[np.searchsorted(self.pulled_cells, cells)]
     numbers = self.number_before[cells] + (ranks - first)
     totals = self.sum_before[cells] + (self.exact_prefix[ranks] - self.exact_prefix[first])
     return (np.concatenate([[0], numbers, [self.values.size]]),
             np.concatenate([[0.0], totals, [self.sum_before[-1]]]))
+
+
+def _running_sums(values: np.ndarray) -> np.ndarray:
+  """[0, x0, x0 + x1, ...] in int64 (integers, booleans) or float64: numpy's cumsum to the bit, several times faster.
+
+  numpy's cumsum of a million cells and the concatenate take ~6 ms; this
+  path needs half a dozen of them per call.
+  """
+  out = np.empty(values.size + 1, np.float64 if values.dtype.kind == "f" else np.int64)
+  _accumulate(values, out)
+  return out
+
+
+@numba.njit(cache=True)
+def _accumulate(values: np.ndarray, out: np.ndarray) -> None:
+  """out = [0, x0, x0 + x1, ...], added in order as numpy's cumsum adds (x0 itself first, not 0 + x0: -0.0 stays)."""
+  out[0] = 0
+  if values.size:
+    out[1] = values[0]
+  for i in range(1, values.size):
+    out[i + 1] = out[i] + values[i]
+
+
+@numba.njit(cache=True)
+def _cell(value: np.float32, low: np.float32, scale: np.float32, cells: int) -> int:
+  """The histogram cell of a float32: (value - low) * scale in float32, truncated towards zero, clipped to the cells.
+
+  Monotone in the value, and the same for values and thresholds: numpy's
+  cast and clip, to the bit. NaN and products past 2**63 (a scale that
+  overflows to inf, when all the values lie within ~1e-33) go to cell 0,
+  where numpy's cast gives INT64_MIN. A select, not a branch: a third faster.
+  """
+  x = (value - low) * scale
+  return min(max(int(x), 0), cells - 1) if x < 9223372036854775808.0 else 0
+
+
+@numba.njit(cache=True)
+def _cell_iterations(centroids: np.ndarray, bounds: np.ndarray, iterations: int, max_iterations: int,
+                     number: np.ndarray, prefix: np.ndarray, means: np.ndarray, occupied_through: np.ndarray,
+                     cell_counts: np.ndarray, low: np.float32,
+                     scale: np.float32) -> tuple[np.ndarray, np.ndarray, int, bool]:
+  """Lloyd iterations over the occupied cells (see `_lloyd_on_cells`): (centroids, bounds, iterations, emptied).
+
+  Runs until the bounds repeat or `max_iterations`, or returns after the
+  iteration that left a cluster empty (emptied: True; its centroid kept). The
+  float64 operations are `_lloyd`'s, in its order. `bounds` are the last
+  iteration's (empty at the start). `occupied_through[c]` counts the
+  occupied cells up to c, so an occupied c's mean is `means[that - 1]`.
+  """
+  k, cells = centroids.size, cell_counts.size
+  while iterations < max_iterations:
+    thresholds = _compiled_thresholds(centroids)
+    new_bounds = np.empty(k + 1, np.int64)
+    new_bounds[0], new_bounds[k] = 0, number.size - 1
+    for j in range(k - 1):
+      cell = _cell(thresholds[j], low, scale, cells)
+      through = occupied_through[cell]
+      new_bounds[j + 1] = through - (cell_counts[cell] > 0 and means[through - 1] > thresholds[j])
+    if bounds.size > 0 and np.array_equal(new_bounds, bounds):
+      break
+    bounds, iterations, centroids, emptied = new_bounds, iterations + 1, centroids.copy(), False
+    for j in range(k):
+      count = number[bounds[j + 1]] - number[bounds[j]]
+      if count:
+        centroids[j] = (prefix[bounds[j + 1]] - prefix[bounds[j]]) / count
+      else:
+        emptied = True
+    if emptied:
+      return centroids, bounds, iterations, True
+  return centroids, bounds, iterations, False
+
+
+@numba.njit(cache=True)
+def _cells_of(values: np.ndarray, low: np.float32, scale: np.float32, cells: int) -> np.ndarray:
+  """`_cell` of each of a few values (thresholds)."""
+  out = np.empty(values.size, np.int64)
+  for i in range(values.size):
+    out[i] = _cell(values[i], low, scale, cells)
+  return out
+
+
+@numba.njit(cache=True)
+def _count_and_sum(values: np.ndarray, low: np.float32, scale: np.float32, counts: np.ndarray,
+                   sums: np.ndarray) -> None:
+  """Adds each value to its cell's count and float64 sum (zeros to start): one pass, in the values' order.
+
+  The sums are bincount's, to the bit; but numpy would take a pass for the
+  cells, stored (134 MB for 16.8M values), and two bincounts, the one with
+  weights over a float64 copy of the values (134 MB more).
+  """
+  for value in values:
+    cell = _cell(value, low, scale, counts.size)
+    counts[cell] += 1
+    sums[cell] += value
+
+
+@numba.njit(cache=True)
+def _values_in(values: np.ndarray, low: np.float32, scale: np.float32, marked: np.ndarray, size: int) -> np.ndarray:
+  """The `size` values whose cells are marked, in their order: one pass, no mask over all the values."""
+  out, filled = np.empty(size, np.float32), 0
+  for value in values:
+    if marked[_cell(value, low, scale, marked.size)]:
+      out[filled] = value
+      filled += 1
+  return out
+
+
+@numba.njit(cache=True)
+def _labels_and_inside(values: np.ndarray, low: np.float32, scale: np.float32, cells: int, thresholds: np.ndarray,
+                       threshold_cells: np.ndarray, labels: np.ndarray, inside: np.ndarray) -> None:
+  """Each value's count of (sorted) thresholds below it into `labels`; the values in their cells into `inside`.
+
+  A threshold in an earlier cell is below every value of a cell, one in a
+  later cell above it, so a value is compared only with its own cell's. The
+  thresholds before a cell are counted from a table over blocks of
+  2**_LABEL_BLOCK_BITS cells (small enough to stay in cache, where one over the
+  cells would not) and the few in the cell's block before it.
+  """
+  first = np.zeros(((cells - 1) >> _LABEL_BLOCK_BITS) + 2, np.int32)  # Thresholds in the blocks before each.
+  for cell in threshold_cells:
+    first[(cell >> _LABEL_BLOCK_BITS) + 1] += 1
+  for block in range(first.size - 1):
+    first[block + 1] += first[block]
+  filled = 0
+  for i in range(values.size):
+    value = values[i]
+    cell = _cell(value, low, scale, cells)
+    label, end = first[cell >> _LABEL_BLOCK_BITS], first[(cell >> _LABEL_BLOCK_BITS) + 1]
+    while label < end and threshold_cells[label] < cell:
+      label += 1
+    if label < end and threshold_cells[label] == cell:
+      while label < end and threshold_cells[label] == cell and thresholds[label] < value:
+        label += 1
+      inside[filled] = value
+      filled += 1
+    labels[i] = label
 
 
 SMALL = 4096  # Values up to which `_labels` counts thresholds below by numpy's binary search instead of jit.
@@ -380,14 +520,43 @@ _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memor
 
 
 def _sum_of_squares(values: np.ndarray) -> float:
-  """sum(x^2) of float32 values in float64, a fixed-size chunk at a time (bounded memory).
+  """sum(x^2) of float32 values in float64, a fixed-size chunk at a time, each summed pairwise as numpy sums.
 
-  A float32's square is exact in float64, so only the additions round
-  (pairwise, in numpy's sum). A float64 dot would go through a BLAS that is
-  several times slower, and much more so when the cores are busy.
+  A float32's square is exact in float64, so only the additions round. A
+  float64 dot would go through a BLAS that is several times slower, and much
+  more so when the cores are busy; numpy's square and sum of each chunk, to
+  the bit what `_pairwise_squares` gives, take half as long again.
   """
-  return float(sum(np.square(values[start:start + _SQUARES_CHUNK], dtype=np.float64).sum()
+  return float(sum(_pairwise_squares(values, start, min(_SQUARES_CHUNK, values.size - start))
                    for start in range(0, values.size, _SQUARES_CHUNK)))
+
+
+@numba.njit(cache=True)
+def _pairwise_squares(values: np.ndarray, start: int, n: int) -> float:
+  """sum(float64(x)^2) of values[start:start + n] in the order of numpy's pairwise sum (eight accumulators per block
+  of at most 128, halves split at a multiple of 8), so the same to the bit, without a float64 copy."""
+  if n < 8:
+    total = 0.0
+    for i in range(start, start + n):
+      total += np.float64(values[i]) ** 2
+    return total
+  if n > 128:
+    half = n // 2 - n // 2 % 8
+    return _pairwise_squares(values, start, half) + _pairwise_squares(values, start + half, n - half)
+  r0, r1 = np.float64(values[start]) ** 2, np.float64(values[start + 1]) ** 2
+  r2, r3 = np.float64(values[start + 2]) ** 2, np.float64(values[start + 3]) ** 2
+  r4, r5 = np.float64(values[start + 4]) ** 2, np.float64(values[start + 5]) ** 2
+  r6, r7 = np.float64(values[start + 6]) ** 2, np.float64(values[start + 7]) ** 2
+  stop = start + n - n % 8
+  for i in range(start + 8, stop, 8):
+    r0, r1 = r0 + np.float64(values[i]) ** 2, r1 + np.float64(values[i + 1]) ** 2
+    r2, r3 = r2 + np.float64(values[i + 2]) ** 2, r3 + np.float64(values[i + 3]) ** 2
+    r4, r5 = r4 + np.float64(values[i + 4]) ** 2, r5 + np.float64(values[i + 5]) ** 2
+    r6, r7 = r6 + np.float64(values[i + 6]) ** 2, r7 + np.float64(values[i + 7]) ** 2
+  total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+  for i in range(stop, start + n):
+    total += np.float64(values[i]) ** 2
+  return total
 
 
 class _Prefix:
