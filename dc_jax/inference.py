@@ -9,10 +9,9 @@
 - `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products: their kept
   weights output by output, multiplied by compiled loops (`sparse_kernels`) through `jax.pure_callback`;
   the rest as in `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse`
-  were 2-5x slower than the dense one at 9% kept, and scipy's CSR and CSC products 1.3-3.8x faster
-  depending on the load; the compiled product, with narrower index streams, 4-6x (bench/sparse_fc.py,
-  BENCHMARKS.md). With `threads`, large products split their outputs over several cores, as XLA's
-  dense one does.
+  were 2-5x slower than the dense one at 9% kept; the compiled product is 2.3-3.3x faster, as
+  scipy's CSC product is, with a quarter fewer bytes a kept weight (bench/sparse_fc.py, BENCHMARKS.md).
+  With `threads`, large products split their outputs over several cores, as XLA's dense one does.
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
 """

@@ -1,15 +1,15 @@
 """Pruned fully connected kernels stored output by output, and their products with x, compiled.
 
 What the `sparse` inference form multiplies with (the paper's Fig. 9: batch-1
-sparse matrix-vector products). A product of a kernel at 9% kept reads the
-kept weights once, so its time is the bytes of its streams: scipy's CSR and
-CSC store each kept weight as a float32 and an int32 index (8 B), and its
-loop is one chain of dependent additions, about 4 cycles a weight on this
-CPU. Here the input indices are uint16 wherever the kernel has at most 65,536
-inputs (6 B a weight), and each output's sum runs on eight accumulators, so
-the loads, not the additions, set the pace; large products split their outputs over threads.
-Measured on 4096x9216 at 9% kept (2-core AMD EPYC): 1.1 ms against scipy's
-CSR 3.2 ms and the dense XLA product 6 ms (bench/sparse_fc.py).
+sparse matrix-vector products). scipy's CSR and CSC store each kept weight
+as a float32 and an int32 index (8 B); here the input indices are uint16
+wherever the kernel has at most 65,536 inputs (6 B a weight, 25% less host
+memory), and each output's sum runs on eight accumulators instead of one
+chain of dependent additions (2.5 against 3.2 ms on 4096x9216 at 9% kept).
+On the quiet 2-core machine one thread matches scipy's CSC product and
+beats its CSR one, 2.3-3.1x faster than the dense XLA product at 9% kept;
+a second thread pays only where a core is idle (bench/sparse_fc.py,
+BENCHMARKS.md). No scipy at run time.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def output_rows(kernel: np.ndarray) -> OutputRows:
 def matmul(x: np.ndarray, rows: OutputRows, threads: int = 1) -> np.ndarray:
   """x [batch, in] @ kernel -> [batch, out] in float32, on up to `threads` threads.
 
-  The outputs are cut into `threads` runs of about equal kept weights, each
-  computed on its own thread of a pool (the compiled loops release the GIL).
+  The outputs are cut into `threads` runs of about equal kept weights: the
+  first computed on the calling thread, the others each on a thread of a
+  pool (the compiled loops release the GIL).
   Not numba's `parallel`: its OpenMP threads spin after each product, and on
   a 2-core machine they took the cores from XLA and made small products of
   microseconds take milliseconds.
@@ -80,7 +81,10 @@ def matmul(x: np.ndarray, rows: OutputRows, threads: int = 1) -> np.ndarray:
   else:
     cuts = np.searchsorted(rows.starts, np.linspace(0, rows.nnz, parts + 1)[1:-1])
     bounds = np.unique(np.concatenate([[0], cuts, [rows.shape[1]]]))
-    list(_pool().map(run, bounds[:-1], bounds[1:]))
+    others = [_pool().submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    run(bounds[0], bounds[1])  # The first run on this thread: one thread fewer to wake.
+    for other in others:
+      other.result()
   return out[None] if vector else np.ascontiguousarray(out.T)
 
 
