@@ -77,6 +77,13 @@ def test_launch_runs_every_stage_on_real_cifar10_and_evaluates_the_file(shared_d
                       env_data_dir=shared_data_dir, cwd=tmp_path)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert f"test accuracy {stages['encoded']['test_accuracy']:.4f} on 64 examples" in evaluated.stdout
+  # Without a config, the file's metadata gives the model, data and statistics: the whole test set, as with one.
+  alone = _launch(f"--evaluate={workdir / 'model.dcz'}", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  whole = _launch(f"--config={ROOT / 'configs/tiny.py'}", "--config.train.eval_batches=-1",
+                  f"--evaluate={workdir / 'model.dcz'}", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert alone.stdout == whole.stdout and " on 10000 examples" in alone.stdout
 
 
 def test_launch_reports_a_user_error_in_one_line_without_traceback(shared_data_dir, tmp_path):
@@ -108,7 +115,7 @@ SMOKE = ("--config.train.epochs=1", "--config.train.steps_per_epoch=3", "--confi
          "--config.prune.rounds=1", "--config.prune.epochs=1", "--config.share.epochs=1", "--config.share.sweep=()")
 
 
-@pytest.mark.parametrize("config", ["lenet300", "lenet5", "tiny"])
+@pytest.mark.parametrize("config", ["lenet300", "lenet5"])  # configs/tiny.py's file: the every-stage test above.
 def test_evaluate_needs_no_config_for_a_file_the_pipeline_wrote(shared_data_dir, tmp_path, config):
   """The file's metadata names model, data and statistics: the same accuracy as with the config, whole test set."""
   workdir = tmp_path / "run"
