@@ -77,13 +77,7 @@ def test_launch_runs_every_stage_on_real_cifar10_and_evaluates_the_file(shared_d
                       env_data_dir=shared_data_dir, cwd=tmp_path)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert f"test accuracy {stages['encoded']['test_accuracy']:.4f} on 64 examples" in evaluated.stdout
-  # Without a config, the file's metadata gives the model, data and statistics: the whole test set, as with one.
-  alone = _launch(f"--evaluate={workdir / 'model.dcz'}", env_data_dir=shared_data_dir, cwd=tmp_path)
-  assert alone.returncode == 0, alone.stderr[-3000:]
-  whole = _launch(f"--config={ROOT / 'configs/tiny.py'}", "--config.train.eval_batches=-1",
-                  f"--evaluate={workdir / 'model.dcz'}", env_data_dir=shared_data_dir, cwd=tmp_path)
-  assert whole.returncode == 0, whole.stderr[-3000:]
-  assert alone.stdout == whole.stdout and " on 10000 examples" in alone.stdout
+  assert_evaluates_alone_as_with_its_config(workdir / "model.dcz", "tiny", shared_data_dir, tmp_path)
 
 
 def test_launch_reports_a_user_error_in_one_line_without_traceback(shared_data_dir, tmp_path):
@@ -117,16 +111,19 @@ SMOKE = ("--config.train.epochs=1", "--config.train.steps_per_epoch=3", "--confi
 
 @pytest.mark.parametrize("config", ["lenet300", "lenet5"])  # configs/tiny.py's file: the every-stage test above.
 def test_evaluate_needs_no_config_for_a_file_the_pipeline_wrote(shared_data_dir, tmp_path, config):
-  """The file's metadata names model, data and statistics: the same accuracy as with the config, whole test set."""
   workdir = tmp_path / "run"
   result = _launch(f"--config={ROOT / f'configs/{config}.py'}", f"--workdir={workdir}", *SMOKE,
                    env_data_dir=shared_data_dir, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  model = workdir / "model.dcz"
-  alone = _launch(f"--evaluate={model}", env_data_dir=shared_data_dir, cwd=tmp_path)
+  assert_evaluates_alone_as_with_its_config(workdir / "model.dcz", config, shared_data_dir, tmp_path)
+
+
+def assert_evaluates_alone_as_with_its_config(model, config, data_dir, cwd):
+  """Without a config, the file's metadata gives model, data and statistics: the whole test set, as with one."""
+  alone = _launch(f"--evaluate={model}", env_data_dir=data_dir, cwd=cwd)
   assert alone.returncode == 0, alone.stderr[-3000:]
   with_config = _launch(f"--config={ROOT / f'configs/{config}.py'}", "--config.train.eval_batches=-1",
-                        f"--evaluate={model}", env_data_dir=shared_data_dir, cwd=tmp_path)
+                        f"--evaluate={model}", env_data_dir=data_dir, cwd=cwd)
   assert with_config.returncode == 0, with_config.stderr[-3000:]
   assert alone.stdout == with_config.stdout and " on 10000 examples" in alone.stdout
 
