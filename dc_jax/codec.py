@@ -34,7 +34,7 @@ import numbers
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -600,14 +600,10 @@ def narrow_raw_floats(variables: Any, dtype: str) -> Any:
     return variables
 
   def narrow(leaf):
-    if isinstance(leaf, SharedKernel) or np.asarray(leaf).dtype != np.float32:
-      return leaf
-    narrowed = np.asarray(leaf).astype(dtype)
-    return narrowed if np.all(np.isfinite(narrowed) | ~np.isfinite(leaf)) else leaf
+    narrowed = None if isinstance(leaf, SharedKernel) else _narrowed(leaf, dtype)
+    return leaf if narrowed is None else narrowed
 
-  flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True)  # jax.tree.map would sort the keys.
-  return traverse_util.unflatten_dict({keys: leaf if leaf is traverse_util.empty_node else narrow(leaf)
-                                       for keys, leaf in flat.items()})
+  return _map_leaves(variables, narrow)
 
 
 def narrow_codebooks(variables: Any, dtype: str) -> Any:
@@ -625,14 +621,25 @@ def narrow_codebooks(variables: Any, dtype: str) -> Any:
     return variables
 
   def narrow(leaf):
-    codebook = np.asarray(leaf.codebook)
-    narrowed = codebook.astype(dtype)
-    if codebook.dtype != np.float32 or not np.all(np.isfinite(narrowed)):
-      return leaf
-    return leaf.replace(codebook=narrowed)
+    narrowed = _narrowed(leaf.codebook, dtype) if isinstance(leaf, SharedKernel) else None
+    return leaf if narrowed is None else leaf.replace(codebook=narrowed)
 
+  return _map_leaves(variables, narrow)
+
+
+def _narrowed(values: Any, dtype: str) -> np.ndarray | None:
+  """float32 `values` as `dtype`; None for other dtypes, or where a finite value would overflow (float16: 65504)."""
+  values = np.asarray(values)
+  if values.dtype != np.float32:
+    return None
+  narrowed = values.astype(dtype)
+  return narrowed if np.all(np.isfinite(narrowed) | ~np.isfinite(values)) else None
+
+
+def _map_leaves(variables: Any, fn: Callable[[Any], Any]) -> Any:
+  """`fn` of every leaf, SharedKernels whole, in the tree's own key order (jax.tree.map would sort the keys)."""
   flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True)
-  return traverse_util.unflatten_dict({keys: narrow(leaf) if isinstance(leaf, SharedKernel) else leaf
+  return traverse_util.unflatten_dict({keys: leaf if leaf is traverse_util.empty_node else fn(leaf)
                                        for keys, leaf in flat.items()})
 
 
