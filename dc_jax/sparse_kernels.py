@@ -8,8 +8,9 @@ memory), and each output's sum runs on eight accumulators instead of one
 chain of dependent additions (2.5 against 3.2 ms on 4096x9216 at 9% kept).
 On the quiet 2-core machine one thread matches scipy's CSC product and
 beats its CSR one, 2.3-3.1x faster than the dense XLA product at 9% kept;
-a second thread pays only where a core is idle (bench/sparse_fc.py,
-BENCHMARKS.md). No scipy at run time.
+a second thread pays only on a second physical core (there, two busy threads
+ran at 1.05x one: its two vCPUs share a core). bench/sparse_fc.py,
+BENCHMARKS.md. No scipy at run time.
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ def matmul(x: np.ndarray, rows: OutputRows, threads: int = 1) -> np.ndarray:
 
   The outputs are cut into `threads` runs of about equal kept weights: the
   first computed on the calling thread, the others each on a thread of a
-  pool (the compiled loops release the GIL).
-  Not numba's `parallel`: its OpenMP threads spin after each product, and on
-  a 2-core machine they took the cores from XLA and made small products of
-  microseconds take milliseconds.
+  pool (the compiled loops release the GIL). Not numba's `parallel`: its
+  OpenMP threads spin after each product, and made the small products that
+  followed take milliseconds instead of microseconds.
   """
   x = np.asarray(x, np.float32)
   if x.ndim != 2 or x.shape[1] != rows.shape[0]:
