@@ -20,7 +20,7 @@ of RESULTS.md:
 Measured there (2-core CPU; from the files): dense 83.17% (67 min), then 5 x 8
 pruning epochs (54 min) and the sweep (19 min quiet): pruned to 7.24% 83.23%,
 k = 4 / 9 / 13 / 35: 79.69 / 82.39 / 82.72 / 83.11% at 56.1x / 49.1x / 46.0x / 38.1x (k = 4 with
-configs/vgg19_k4.py:fast_narrow's codebook per channel: 81.18% at 44.3x). Full width
+configs/vgg19_k4.py:fast_narrow's codebook per channel: 81.41% at 44.3x). Full width
 has not run yet (no GPU lent so far); bench/gpu_table.py runs it and prints the table.
 A smoke of every stage and the sweep (minutes on a CPU):
   python launch.py --config configs/vgg19_fast.py:narrow --workdir /tmp/smoke --config.train.epochs=1 \\

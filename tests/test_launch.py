@@ -45,7 +45,7 @@ def test_k4_on_the_narrow_schedule_shares_per_channel_without_a_sweep():
   config = _parse(f"--config={ROOT / 'configs/vgg19_k4.py'}:fast_narrow")
   validate.check(config)
   assert (config.share.k, config.share.granularity, tuple(config.share.sweep)) == (4, "channel", ())
-  assert config.model.width == 1 / 8 and config.share.learning_rate == 0.005
+  assert config.model.width == 1 / 8 and (config.share.learning_rate, config.share.epochs) == (0.005, 8)
   wide = _parse(f"--config={ROOT / 'configs/vgg19_k4.py'}:fast")  # Full width keeps the original's codebooks.
   assert (wide.share.granularity, tuple(wide.share.sweep)) == ("tensor", (4, 9, 13, 35))
 
