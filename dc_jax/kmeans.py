@@ -7,26 +7,21 @@ memory linear in n, no n x k distance matrix. The prefix sums are stored per
 block of 64 values and finished on demand (`_Prefix`). Empty clusters (the linear
 initialisation leaves many in the gap that pruning opens around zero) take
 over half of the cluster with the largest squared error, so every code is
-used. Labelling the original (unsorted) values is one pass: a grid lookup,
-then a comparison with the few thresholds in the value's cell (jitted after
-the sort; compiled by numba on the histogram path).
+used. Labelling the original (unsorted) values is one compiled pass: a grid
+lookup, then a comparison with the few thresholds in the value's cell.
 From HISTOGRAM_MIN values on, the sort itself is most of the time: Lloyd
 then starts on a histogram and finishes exactly (`_kmeans_on_histogram`).
 There, the passes over all the values (counting and summing per cell,
 pulling out cells, labelling) and Lloyd's thousand-odd iterations over the
 cells are numba-compiled loops: each fuses what took numpy several passes
-and temporaries, and gives the same numbers to the bit. The sort path
-compiles nothing with numba.
+and temporaries, and gives the same numbers to the bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import numba
 import numpy as np
 
@@ -509,12 +504,12 @@ def _labels_and_inside(values: np.ndarray, low: np.float32, scale: np.float32, c
     if label < end and threshold_cells[label] == cell:
       while label < end and threshold_cells[label] == cell and thresholds[label] < value:
         label += 1
-      inside[filled] = value
-      filled += 1
+      if filled < inside.size:  # The sort path's labels collect nothing (an empty `inside`).
+        inside[filled] = value
+        filled += 1
     labels[i] = label
 
 
-SMALL = 4096  # Values up to which `_labels` counts thresholds below by numpy's binary search instead of jit.
 _BLOCK = 64  # Values per block of `_Prefix`: one float64 stored per block, the rest summed on demand.
 _SQUARES_CHUNK = 1 << 20  # Values squared at a time into float64 (bounded memory).
 
@@ -614,28 +609,23 @@ def _assign(values: np.ndarray, sorted_values: np.ndarray, prefix: _Prefix, cent
 
 
 def _labels(values: np.ndarray, low: float, high: float, centroids: np.ndarray) -> np.ndarray:
-  """Each value's cluster: how many thresholds (midpoints, `_thresholds`) lie below it; one jitted pass, O(n).
+  """Each value's cluster: how many thresholds (midpoints, `_thresholds`) lie below it; one compiled pass, O(n).
 
   Values fall into a uniform grid of cells by a monotone float32 map, and so
-  do the thresholds, by the same jitted arithmetic: a threshold in an earlier
-  cell is below every value of a cell, one in a later cell above it. So a
-  value's label is the count of thresholds in earlier cells (a table over the
-  cells) plus its comparisons with the few thresholds in its own cell: exactly
-  what the sorted bounds give, with no sort of the values' order.
+  do the thresholds, by the same arithmetic (`_cell`): a value is compared
+  only with the few thresholds in its own cell (`_labels_and_inside`, the
+  histogram path's pass): exactly what the sorted bounds give, with no sort
+  of the values' order.
   """
-  k, n = centroids.size, values.size
-  if k == 1:
-    return np.zeros(n, np.int32)
-  if n <= SMALL:  # Per-channel codebooks cluster hundreds of small groups: a compile per size would dominate.
-    return np.searchsorted(_thresholds(centroids), values, side="left").astype(np.int32)
-  cells = min(1 << 20, 64 * k)
+  if centroids.size == 1:
+    return np.zeros(values.size, np.int32)
+  cells = min(1 << 20, 64 * centroids.size)
   low, scale = _grid_parameters(low, high, cells)
   thresholds = _thresholds(centroids)
-  threshold_cells = np.asarray(_grid_cells(thresholds, low, scale, cells))
-  before = np.searchsorted(threshold_cells, np.arange(cells), side="left").astype(np.int32)
-  spread = int(np.bincount(threshold_cells).max())
-  padded = np.concatenate([thresholds, np.full(spread, np.inf, np.float32)])
-  return np.asarray(_labels_in_cells(values, low, scale, before, padded, cells, spread))
+  labels = np.empty(values.size, np.int32)
+  _labels_and_inside(values, low, scale, cells, thresholds, _cells_of(thresholds, low, scale, cells), labels,
+                     np.empty(0, np.float32))
+  return labels
 
 
 def _grid_parameters(low: float, high: float, cells: int) -> tuple[np.float32, np.float32]:
@@ -643,16 +633,3 @@ def _grid_parameters(low: float, high: float, cells: int) -> tuple[np.float32, n
   return np.float32(low), np.float32((cells - 1) / max(high - low, np.finfo(np.float32).tiny))
 
 
-def _grid(values: jax.Array, low: jax.Array, scale: jax.Array, cells: int) -> jax.Array:
-  """The cell of each value: monotone in the value (float32 subtraction, multiplication, truncation)."""
-  return jnp.clip(((values - low) * scale).astype(jnp.int32), 0, cells - 1)
-
-
-_grid_cells = jax.jit(_grid, static_argnums=3)
-
-
-@functools.partial(jax.jit, static_argnums=(5, 6))
-def _labels_in_cells(values: jax.Array, low: jax.Array, scale: jax.Array, before: jax.Array,
-                     thresholds: jax.Array, cells: int, spread: int) -> jax.Array:
-  base = before[_grid(values, low, scale, cells)]
-  return base + sum((values > thresholds[base + t]).astype(jnp.int32) for t in range(spread))

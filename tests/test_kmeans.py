@@ -190,11 +190,10 @@ def test_the_histogram_path_rejects_nan(small_histogram):
     kmeans.kmeans_1d(values, 8)
 
 
-def test_small_inputs_get_the_labels_of_the_jitted_grid(monkeypatch):
+def test_small_inputs_get_the_labels_of_a_binary_search():
   rng = np.random.default_rng(3)
   values = np.concatenate([rng.standard_normal(3000), [0.0, 0.0, 1e-8]]).astype(np.float32)
-  result = kmeans.kmeans_1d(values, 13)  # 3003 values: numpy's binary search.
-  monkeypatch.setattr(kmeans, "SMALL", 0)
-  jitted = kmeans._labels(values, float(values.min()), float(values.max()), result.centroids)
-  np.testing.assert_array_equal(result.labels, jitted)
-  assert len(np.unique(jitted)) == 13
+  result = kmeans.kmeans_1d(values, 13)
+  searched = np.searchsorted(kmeans._thresholds(result.centroids), values, side="left")
+  np.testing.assert_array_equal(result.labels, searched)
+  assert len(np.unique(result.labels)) == 13
