@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from dc_jax import distributed
-from dc_jax.errors import write_error
+from dc_jax.errors import WriteError, write_error
 
 
 def current_umask() -> int:
@@ -71,6 +74,24 @@ class _OrbaxErrors(logging.Filter):
     return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
+def _without_closed_loops(hook: Callable[[sys.UnraisableHookArgs], None]) -> Callable[[sys.UnraisableHookArgs], None]:
+  """`hook` (a sys.unraisablehook) less asyncio's "Event loop is closed".
+
+  Tensorstore's writer threads report there, with no object and so no header
+  line, when a failed save has already closed the event loop they hand their
+  results to; the trace has no frame of orbax's to tell it by, only asyncio's.
+  """
+
+  def filtered(unraisable: sys.UnraisableHookArgs) -> None:
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_loop and frames and f"{os.sep}asyncio{os.sep}" in frames[-1].filename):
+      hook(unraisable)
+
+  return filtered
+
+
 def _quiet_orbax_threads() -> None:
   """Drops what orbax's other writer threads report of the same failed write while the run ends.
 
@@ -89,6 +110,30 @@ def _quiet_orbax_threads() -> None:
   threading.excepthook = hook
 
 
+@contextlib.contextmanager
+def _failed_write_reported_once() -> Iterator[None]:
+  """Orbax's and tensorstore's own reports of a failed write are dropped: the WriteError raised says it in one line.
+
+  They come from its threads while the write fails, before the error reaches
+  the caller, so the filters go on before the save; they come off after a
+  save that ends any other way, and stay after a WriteError: the run ends.
+  """
+  quiet, logger, hook = _OrbaxErrors(), logging.getLogger("absl"), sys.unraisablehook
+  logger.addFilter(quiet)
+  sys.unraisablehook = _without_closed_loops(hook)
+  try:
+    yield
+  except WriteError:
+    _quiet_orbax_threads()
+    raise
+  except BaseException:
+    logger.removeFilter(quiet)
+    sys.unraisablehook = hook
+    raise
+  logger.removeFilter(quiet)
+  sys.unraisablehook = hook
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves `state` as checkpoint `step` and waits for it: a failed write stops the run at once, in one line.
 
@@ -97,19 +142,15 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> No
   a rerun resumes from. Waiting costs the write's time once an epoch.
   """
   folder = Path(manager.directory)
-  quiet, logger = _OrbaxErrors(), logging.getLogger("absl")
-  logger.addFilter(quiet)
-  try:
-    manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the OS refused a write)
-    error = write_error(folder / str(step), "the checkpoint", e)
-    if error is None:
-      logger.removeFilter(quiet)
-      raise
-    if distributed.is_primary():
-      for partial in [*folder.glob(f"{step}.orbax-checkpoint-tmp*"), folder / str(step)]:
-        shutil.rmtree(partial, ignore_errors=True)
-    _quiet_orbax_threads()  # The filter stays too: the run ends with the one line that says it.
-    raise error from e
-  logger.removeFilter(quiet)
+  with _failed_write_reported_once():
+    try:
+      manager.save(step, args=ocp.args.StandardSave(state))
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the OS refused a write)
+      error = write_error(folder / str(step), "the checkpoint", e)
+      if error is None:
+        raise
+      if distributed.is_primary():
+        for partial in [*folder.glob(f"{step}.orbax-checkpoint-tmp*"), folder / str(step)]:
+          shutil.rmtree(partial, ignore_errors=True)
+      raise error from e

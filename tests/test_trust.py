@@ -3,6 +3,7 @@
   DC_JAX_DATA_DIR=../shared/data python -m pytest tests/test_trust.py -q
 """
 
+import asyncio
 import errno
 import json
 import os
@@ -329,6 +330,32 @@ def test_a_full_disk_stops_at_the_first_failed_checkpoint_in_one_line_and_a_reru
   finally:
     if mounted:
       subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+class _ReportsWhenDeleted:
+  """Calls `report` in __del__, whose error Python hands to sys.unraisablehook, as tensorstore's threads do theirs."""
+
+  def __init__(self, report):
+    self.report = report
+
+  def __del__(self):
+    self.report()
+
+
+def test_while_a_checkpoint_is_written_only_asyncios_closed_loop_reports_are_dropped(monkeypatch):
+  """The CI's stray tracebacks of a full disk: tensorstore's threads report a closed event loop while the save fails."""
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  closed = asyncio.new_event_loop()
+  closed.close()
+  with atomic._failed_write_reported_once():
+    _ReportsWhenDeleted(lambda: closed.call_soon_threadsafe(print))
+    _ReportsWhenDeleted(lambda: 1 / 0)
+  _ReportsWhenDeleted(lambda: closed.call_soon_threadsafe(print))  # After the save: shown again.
+  assert [type(r.exc_value) for r in reported] == [ZeroDivisionError, RuntimeError]
+  with pytest.raises(KeyError), atomic._failed_write_reported_once():
+    raise KeyError("not a write error: the filters come off")
+  assert sys.unraisablehook == reported.append
 
 
 # 2. Every field checked before any work, and settings that another one overrides.
