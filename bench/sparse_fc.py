@@ -6,7 +6,9 @@ Each layer's kernel is random, pruned at random to the stated fraction kept.
 Contenders, run in turn (bench/common.py): the dense jitted `x @ W` (XLA: every
 core); scipy's CSR and CSC matrix-vector products called directly (one core;
 CSC of W.T is stored by the kernel's rows); ours (`dc_jax.sparse_kernels`:
-uint16 input indices, eight partial sums per output) on one thread and on
+blocks of 4096 inputs, uint16 input indices) with x loaded one kept weight
+at a time (eight partial sums per output) and with AVX-512 gathers of
+sixteen (`dc_jax.gathers`, where the CPU has them) on one thread, and on
 --threads; ours through `jax.pure_callback` inside jit (`inference.sparse_matmul`,
 what the `sparse` form runs, on --threads); and `jax.experimental.sparse` BCSR
 and BCOO under jit. Then a sweep of the kept fraction on a 4096x4096 layer
@@ -27,7 +29,7 @@ from jax.experimental import sparse as jsparse
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench.common import interleaved_medians  # noqa: E402
 import scipy.sparse  # noqa: E402
-from dc_jax import inference, sparse_kernels  # noqa: E402
+from dc_jax import gathers, inference, sparse_kernels  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per contender and layer.")
 _SWEEP_REPEATS = flags.DEFINE_integer("sweep_repeats", 15, "Timed calls per density of the sweep.")
@@ -44,7 +46,7 @@ LAYERS = (
     ("vgg19 fc2", 4096, 4096, 0.03),
     ("vgg19 fc3", 4096, 10, 0.03),
 )
-SWEEP = (0.01, 0.03, 0.05, 0.09, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+SWEEP = (0.01, 0.03, 0.05, 0.09, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def pruned_kernel(inputs: int, outputs: int, kept: float, rng: np.random.Generator) -> np.ndarray:
@@ -62,6 +64,7 @@ def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> di
   calls = {"dense (jit x @ W)": lambda: dense(x_device, dense_kernel),
            "scipy CSR": lambda: by_output @ x[0],
            "scipy CSC (of W.T: W's rows)": lambda: by_input @ x[0],
+           "ours, no gathers, one thread": lambda: sparse_kernels.matmul(x, rows, 1, vector_gathers=False),
            "ours, one thread": lambda: sparse_kernels.matmul(x, rows, 1),
            f"ours, {_THREADS.value} threads": lambda: sparse_kernels.matmul(x, rows, _THREADS.value)}
   if everything:
@@ -81,30 +84,32 @@ def contenders(kernel: np.ndarray, x: np.ndarray, everything: bool = True) -> di
 def main(argv):
   del argv
   rng = np.random.default_rng(_SEED.value)
-  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / scipy CSC, ours on one "
-        f"thread, ours on {_THREADS.value} threads, ours through jit ({_THREADS.value} threads)")
+  print(f"batch 1, float32, median of {_REPEATS.value} calls each (ms); speed-up = dense / scipy CSC, ours without "
+        f"gathers on one thread, ours on one thread, ours on {_THREADS.value} threads, ours through jit "
+        f"({_THREADS.value} threads); gathers: {gathers.available()}")
   print(f"{'layer':<17}{'in x out':>12}{'kept':>6}  " + "".join(f"{h:>9}" for h in
-        ("dense", "CSR", "CSC", "ours 1", "ours par", "ours/jit", "BCSR", "BCOO", "x CSC", "x ours1", "x par",
-         "x jit")))
+        ("dense", "CSR", "CSC", "loads 1", "ours 1", "ours par", "ours/jit", "BCSR", "BCOO", "x CSC", "x loads1",
+         "x ours1", "x par", "x jit")))
   for name, inputs, outputs, kept in LAYERS:
     kernel = pruned_kernel(inputs, outputs, kept, rng)
     x = rng.standard_normal((1, inputs), np.float32)
     times = [1e3 * t for t in interleaved_medians(contenders(kernel, x), _REPEATS.value).values()]
-    dense_ms, _, csc_ms, one_ms, par_ms, jit_ms = times[:6]
+    dense_ms, _, csc_ms, loads_ms, one_ms, par_ms, jit_ms = times[:7]
     print(f"{name:<17}{f'{inputs}x{outputs}':>12}{kept:>6.0%}  " + "".join(f"{t:>9.3f}" for t in times)
-          + "".join(f"{dense_ms / t:>8.2f}x" for t in (csc_ms, one_ms, par_ms, jit_ms)), flush=True)
+          + "".join(f"{dense_ms / t:>8.2f}x" for t in (csc_ms, loads_ms, one_ms, par_ms, jit_ms)), flush=True)
   print(f"\ncrossover sweep, 4096x4096, batch 1, median of {_SWEEP_REPEATS.value} (ms)")
-  print(f"{'kept':>6}{'dense':>10}{'CSC':>10}{'ours 1':>10}{'ours par':>10}{'x CSC':>9}{'x ours1':>9}{'x par':>9}")
+  print(f"{'kept':>6}{'dense':>10}{'CSC':>10}{'loads 1':>10}{'ours 1':>10}{'ours par':>10}{'x CSC':>9}{'x loads1':>9}"
+        f"{'x ours1':>9}{'x par':>9}")
   crossover = None
   for kept in SWEEP:
     kernel = pruned_kernel(4096, 4096, kept, rng)
     x = rng.standard_normal((1, 4096), np.float32)
-    dense_s, _, csc_s, one_s, par_s = interleaved_medians(contenders(kernel, x, everything=False),
+    dense_s, _, csc_s, loads_s, one_s, par_s = interleaved_medians(contenders(kernel, x, everything=False),
                                                           _SWEEP_REPEATS.value).values()
     if crossover is None and par_s >= dense_s:
       crossover = kept
-    print(f"{kept:>6.0%}" + "".join(f"{1e3 * t:>10.3f}" for t in (dense_s, csc_s, one_s, par_s))
-          + "".join(f"{dense_s / t:>8.2f}x" for t in (csc_s, one_s, par_s)), flush=True)
+    print(f"{kept:>6.0%}" + "".join(f"{1e3 * t:>10.3f}" for t in (dense_s, csc_s, loads_s, one_s, par_s))
+          + "".join(f"{dense_s / t:>8.2f}x" for t in (csc_s, loads_s, one_s, par_s)), flush=True)
   print(f"sparse stops paying at {crossover:.0%} kept" if crossover else "sparse pays at every density swept")
 
 
