@@ -7,10 +7,11 @@
   k + 1 codes fit in 4 bits. Only k = 256 (257 codes) keeps indices and a bit-packed mask apart, as do
   kernels of vectors: one code per vector of d weights, some of them kept and some pruned.
 - `sparse`: pruned fully connected kernels (2-D SharedKernels) run as sparse matrix products: their kept
-  weights output by output, multiplied by compiled loops (`sparse_kernels`) through `jax.pure_callback`;
-  the rest as in `dense`. On XLA:CPU at batch 1, the BCSR and BCOO products of `jax.experimental.sparse`
-  were 2-5x slower than the dense one at 9% kept; the compiled product is 2.3-3.3x faster, as
-  scipy's CSC product is, with a quarter fewer bytes a kept weight (bench/sparse_fc.py, BENCHMARKS.md).
+  weights by blocks of inputs, output by output, multiplied by compiled code (`sparse_kernels`, with
+  AVX-512 gathers where the CPU has them) through `jax.pure_callback`; the rest as in `dense`. On XLA:CPU
+  at batch 1, the BCSR and BCOO products of `jax.experimental.sparse` were 2-5x slower than the dense one
+  at 9% kept; ours is 4.7-5.8x faster called directly and 2.8-4.1x through the callback, with a quarter
+  fewer bytes a kept weight than scipy's CSR (bench/sparse_fc.py, BENCHMARKS.md).
   With `threads`, large products split their outputs over several cores, as XLA's dense one does.
 
 All three compute the same logits to float tolerance (tests/test_inference.py).
