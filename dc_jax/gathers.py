@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -78,12 +79,14 @@ last:
   %left_all = shufflevector {i32} %left_one, {i32} poison, {i32} zeroinitializer
   %mask = icmp ult {i32} {lanes}, %left_all
   %tail_index_at = getelementptr i16, ptr %inputs, i64 %p
-  %tail_indices = call {i16} @llvm.masked.load.v{LANES}i16.p0(ptr %tail_index_at, i32 2, {bit} %mask, {i16} zeroinitializer)
+  %tail_indices = call {i16} @llvm.masked.load.v{LANES}i16.p0(ptr %tail_index_at, i32 2, {bit} %mask,
+                                                              {i16} zeroinitializer)
   %tail_wide = zext {i16} %tail_indices to {i32}
   %tail_x_at = getelementptr float, ptr %x, {i32} %tail_wide
   %tail_xs = call {f32} {gather}({ptr} %tail_x_at, i32 4, {bit} %mask, {f32} zeroinitializer)
   %tail_weight_at = getelementptr float, ptr %weights, i64 %p
-  %tail_ws = call {f32} @llvm.masked.load.v{LANES}f32.p0(ptr %tail_weight_at, i32 4, {bit} %mask, {f32} zeroinitializer)
+  %tail_ws = call {f32} @llvm.masked.load.v{LANES}f32.p0(ptr %tail_weight_at, i32 4, {bit} %mask,
+                                                         {f32} zeroinitializer)
   %sum_all = call {f32} @llvm.fma.v{LANES}f32({f32} %tail_ws, {f32} %tail_xs, {f32} %sum)
   %total = call reassoc float @llvm.vector.reduce.fadd.v{LANES}f32(float -0.0, {f32} %sum_all)
   %out_at = getelementptr float, ptr %out, i64 %j
@@ -103,7 +106,7 @@ _ROWS_TYPE = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, ctypes.c_int64, ctyp
 
 
 @functools.cache
-def _compiled() -> tuple[object, ctypes._CFuncPtr | None]:
+def _compiled() -> tuple[object, Callable[..., None] | None]:
   """(the engine, which must outlive the function; `rows`, or None where this CPU has no gather instruction)."""
   llvm.initialize_native_target()
   llvm.initialize_native_asmprinter()
@@ -118,7 +121,7 @@ def _compiled() -> tuple[object, ctypes._CFuncPtr | None]:
 
 
 def available() -> bool:
-  """Whether this CPU gathers sixteen floats in one instruction (x86 with AVX-512, where LLVM chooses it)."""
+  """Whether LLVM compiles the gathers to gather instructions for this CPU (x86 with AVX-512 or AVX2, where fast)."""
   return _compiled()[1] is not None
 
 
