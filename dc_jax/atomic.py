@@ -121,17 +121,17 @@ def _failed_write_reported_once() -> Iterator[None]:
   quiet, logger, hook = _OrbaxErrors(), logging.getLogger("absl"), sys.unraisablehook
   logger.addFilter(quiet)
   sys.unraisablehook = _without_closed_loops(hook)
+  failed_write = False
   try:
     yield
   except WriteError:
+    failed_write = True
     _quiet_orbax_threads()
     raise
-  except BaseException:
-    logger.removeFilter(quiet)
-    sys.unraisablehook = hook
-    raise
-  logger.removeFilter(quiet)
-  sys.unraisablehook = hook
+  finally:
+    if not failed_write:
+      logger.removeFilter(quiet)
+      sys.unraisablehook = hook
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> None:

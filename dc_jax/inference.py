@@ -124,7 +124,7 @@ def _expand_all(variables: Variables) -> Variables:
 
 
 def output_rows(kernel: SharedKernel | np.ndarray) -> sparse_kernels.OutputRows:
-  """A Dense kernel [in, out] (shared or not) as its kept weights, output by output: what the `sparse` form holds."""
+  """A Dense kernel [in, out] (shared or not) as its kept weights by input block, output by output (`sparse` form)."""
   return sparse_kernels.output_rows(_dense(kernel) if is_shared(kernel) else np.asarray(kernel))
 
 
